@@ -1,0 +1,45 @@
+# Two entry points matter: `make run` and `make test` (see README "Quick start").
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Debian packages the test suite needs (real services, not mocks).
+TEST_DEB_PACKAGES :=
+
+.PHONY: run test lint lock check-docs clean
+
+run: $(VENV)/.runtime
+	$(BIN)/themisdb serve
+
+test: $(VENV)/.dev
+	@scripts/ensure-debian-packages.sh $(TEST_DEB_PACKAGES)
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+# Regenerate docs/CHECKLISTS/pre_deployment.md from the rule table.
+check-docs: $(VENV)/.runtime
+	$(BIN)/themisdb check --format markdown --all > docs/CHECKLISTS/pre_deployment.md
+
+# Re-pin every dependency (with hashes) after changing pyproject.toml.
+lock: $(VENV)/.dev
+	$(BIN)/pip-compile -q --no-emit-index-url --no-emit-find-links --strip-extras --generate-hashes --allow-unsafe -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile -q --no-emit-index-url --no-emit-find-links --strip-extras --generate-hashes --allow-unsafe --extra dev -c requirements.lock -o requirements-dev.lock pyproject.toml
+
+$(BIN)/python:
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); \
+	  scripts/ensure-debian-packages.sh python3-venv && $(PYTHON) -m venv $(VENV); }
+
+$(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	@touch $@
+
+$(VENV)/.dev: requirements-dev.lock $(VENV)/.runtime
+	$(BIN)/python -m pip install -q --require-hashes -r requirements-dev.lock
+	@touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

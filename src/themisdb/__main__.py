@@ -1,0 +1,3 @@
+from themisdb.cli import main
+
+main()

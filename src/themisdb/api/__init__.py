@@ -1,0 +1,1 @@
+"""HTTP layer: ASGI apps and the process that serves them."""

@@ -1,0 +1,107 @@
+"""Run the public and the internal listener in one process until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import ssl
+from collections.abc import Iterator
+
+import uvicorn
+from starlette.applications import Starlette
+
+from themisdb.api.app import create_app, create_internal_app
+from themisdb.errors import ThemisError
+from themisdb.settings import Settings
+from themisdb.tls import server_context
+
+_log = logging.getLogger("themisdb.server")
+
+
+class ListenError(ThemisError):
+    """A listener could not be bound (address in use, not permitted, unknown address)."""
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # One handler for both listeners is installed by serve(); uvicorn's own would only
+        # stop the server that installed it last.
+        yield
+
+
+def bind(host: str, port: int, what: str) -> socket.socket:
+    """Bind before serving so that a busy port is a clear error, not a half-started server."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family = infos[0][0]
+        sock = socket.create_server((host, port), family=family, reuse_port=False)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host}:{port} for the {what}: {exc.strerror}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def _server(app: Starlette, tls: ssl.SSLContext | None = None) -> _Server:
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        lifespan="off",
+    )
+    config.load()
+    config.ssl = tls  # our own context (themisdb.tls), not uvicorn's defaults
+    return _Server(config)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def _serve(pairs: list[tuple[_Server, socket.socket]], early: list[int]) -> None:
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        _log.info("shutting down")
+        for server, _ in pairs:
+            server.should_exit = True
+
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop)
+    if early:  # a stop signal arrived while the listeners were being set up
+        stop()
+    await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in pairs))
+
+
+def serve(settings: Settings) -> None:
+    """Bind both listeners, serve until a stop signal, then return."""
+    # From the moment a socket listens, an orchestrator may send SIGTERM: remember it rather
+    # than die with a traceback, and stop as soon as the loop runs.
+    early: list[int] = []
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, lambda number, frame: early.append(number))
+    tls = server_context(settings)
+    api_sock = bind(settings.http_bind_address, settings.http_port, "API")
+    internal_sock = bind(settings.health_bind_address, settings.health_port, "internal listener")
+    _log.info(
+        "listening: API %s://%s:%d, internal http://%s:%d",
+        "https" if tls else "http",
+        settings.http_bind_address,
+        settings.http_port,
+        settings.health_bind_address,
+        settings.health_port,
+    )
+    pairs = [
+        (_server(create_app(settings), tls), api_sock),
+        (_server(create_internal_app(settings)), internal_sock),
+    ]
+    try:
+        asyncio.run(_serve(pairs, early))
+    finally:
+        for _, sock in pairs:
+            sock.close()
+    _log.info("stopped")

@@ -1,0 +1,141 @@
+"""Probe kinds the rules ask for, and the probes this package can run itself.
+
+A probe does the I/O; a rule only reads its result. The CLI and the server hand
+``default_probes()`` to ``evaluate``; later subsystems add theirs (Vault, HSM, audit sinks).
+A rule whose probe was not handed in reports ``unverified``, never a guess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+from themisdb.posture._model import Probe, ProbeKind
+from themisdb.settings import Settings
+from themisdb.tls import CertificateFacts, inspect_certificate
+
+_HASH_LIMIT = 1 << 20  # CA bundles are small; do not hash arbitrary large files
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    exists: bool
+    readable: bool = False
+    is_file: bool = False
+    mode: int = 0
+    mtime: float = 0.0
+    sha256: str | None = None
+    error: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """Why this file cannot be used, or None."""
+        if not self.exists:
+            return f"{self.path} does not exist"
+        if not self.is_file:
+            return f"{self.path} is not a regular file"
+        if not self.readable:
+            return f"{self.path} is not readable ({self.error or 'permission denied'})"
+        return None
+
+
+@dataclass
+class FileSystemView:
+    """Looks at files on demand, once each."""
+
+    _cache: dict[str, FileInfo] = field(default_factory=dict)
+
+    def info(self, path: str) -> FileInfo:
+        if path not in self._cache:
+            self._cache[path] = _look_at(path)
+        return self._cache[path]
+
+
+def _look_at(path: str) -> FileInfo:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return FileInfo(path, exists=False)
+    except OSError as exc:
+        return FileInfo(path, exists=False, error=exc.strerror)
+    if not stat.S_ISREG(st.st_mode):
+        return FileInfo(path, exists=True, mode=st.st_mode, mtime=st.st_mtime)
+    digest: str | None = None
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_HASH_LIMIT + 1)
+        readable = True
+        if len(data) <= _HASH_LIMIT:
+            digest = hashlib.sha256(data).hexdigest()
+        error = None
+    except OSError as exc:
+        readable, error = False, exc.strerror
+    return FileInfo(
+        path,
+        exists=True,
+        readable=readable,
+        is_file=True,
+        mode=stat.S_IMODE(st.st_mode),
+        mtime=st.st_mtime,
+        sha256=digest,
+        error=error,
+    )
+
+
+@dataclass(frozen=True)
+class CertificateSet:
+    """Facts about each configured certificate, by role."""
+
+    api: CertificateFacts | None = None
+    wal: CertificateFacts | None = None
+
+
+@dataclass(frozen=True)
+class VaultTokenFacts:
+    """What Vault says of the configured token (token lookup-self)."""
+
+    ttl_seconds: int  # 0 means the token never expires
+    renewable: bool
+    error: str | None = None
+
+
+FILES: ProbeKind[FileSystemView] = ProbeKind("files", "stat and read configured files")
+CERTIFICATES: ProbeKind[CertificateSet] = ProbeKind(
+    "certificates", "parse the configured certificates and keys"
+)
+VAULT_TOKEN: ProbeKind[VaultTokenFacts] = ProbeKind(
+    "vault_token", "ask Vault about the configured token (provided by the Vault key provider)"
+)
+
+
+class FileProbe:
+    kind = FILES
+
+    def run(self, settings: Settings) -> FileSystemView:
+        return FileSystemView()
+
+
+class CertificateProbe:
+    kind = CERTIFICATES
+
+    def run(self, settings: Settings) -> CertificateSet:
+        passphrase = settings.pki_key_passphrase
+        api = wal = None
+        if settings.pki_certificate:
+            api = inspect_certificate(
+                settings.pki_certificate,
+                settings.pki_private_key,
+                passphrase.get_secret_value().encode() if passphrase else None,
+            )
+        if settings.wal_grpc_cert_path:
+            wal = inspect_certificate(settings.wal_grpc_cert_path, settings.wal_grpc_key_path)
+        return CertificateSet(api=api, wal=wal)
+
+
+def default_probes() -> list[Probe[Any]]:
+    """The probes that need nothing but the local filesystem."""
+    return [FileProbe(), CertificateProbe()]
