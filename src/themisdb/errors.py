@@ -2,7 +2,17 @@
 
     ThemisError
     ├── ConfigError            the configuration cannot be used (CLI exit 78, EX_CONFIG)
-    └── ClientError            the request was wrong; carries an HTTP status and a stable code
+    ├── ClientError            the request was wrong; carries an HTTP status and a stable code
+    │   ├── BadRequest         400 (malformed JSON, invalid query)
+    │   ├── Unauthorized       401
+    │   ├── Forbidden          403
+    │   ├── NotFound           404
+    │   ├── Conflict           409
+    │   ├── PayloadTooLarge    413
+    │   ├── UnsupportedMedia   415
+    │   └── Unprocessable      422 (well-formed JSON of the wrong shape)
+    ├── StorageError           the storage engine failed (503; clients see no detail)
+    └── InternalError          a bug; clients see only an id
 
 Later subsystems add their classes here (IntegrityError, KeyProviderUnavailable, ...), so that
 the API maps exceptions to responses in one table. Messages never contain secret values: code
@@ -44,3 +54,43 @@ class ClientError(ThemisError):
             self.status = status
         if code is not None:
             self.code = code
+
+
+class BadRequest(ClientError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(ClientError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(ClientError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(ClientError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ClientError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(ClientError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMedia(ClientError):
+    status, code = 415, "unsupported_media_type"
+
+
+class Unprocessable(ClientError):
+    status, code = 422, "unprocessable_entity"
+
+
+class StorageError(ThemisError):
+    """The storage engine could not do what was asked (disk full, unwritable, closed)."""
+
+
+class InternalError(ThemisError):
+    """An unexpected failure; the client sees only an identifier to quote."""

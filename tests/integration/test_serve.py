@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import socket
 import ssl
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,6 +85,7 @@ VIOLATIONS: list[tuple[str, str, Mutation]] = [
     ("mode.environment", "THEMIS_ENVIRONMENT", _set(THEMIS_ENVIRONMENT="staging")),
     ("auth.admin_token", "THEMIS_TOKEN_ADMIN", _unset("THEMIS_TOKEN_ADMIN_FILE")),
     ("auth.admin_token", "THEMIS_TOKEN_ADMIN", _weak_token),
+    ("auth.secondary_tokens", "THEMIS_TOKEN_READONLY", _set(THEMIS_TOKEN_READONLY="readonly")),
     ("keys.hsm_stub", "THEMIS_ALLOW_HSM_STUB", _set(THEMIS_ALLOW_HSM_STUB="0")),
     ("keys.key_manager", "THEMIS_HSM_ENABLED", _set(THEMIS_HSM_ENABLED="0")),
     ("keys.hsm_pin_injected", "THEMIS_HSM_PIN", _default_pin),
@@ -233,10 +233,14 @@ def test_hardened_production_configuration_starts_and_serves_tls(
     env = hardened_env(tmp_path)
     server = _started(tmp_path, env, cleanup_servers)
     context = ssl.create_default_context(cafile=env["THEMIS_PKI_CERTIFICATE"])
-    with urllib.request.urlopen(
-        f"https://localhost:{server.http_port}/", context=context, timeout=10
-    ) as response:
-        assert b'"mode":"production"' in response.read()
+    token = Path(env["THEMIS_TOKEN_ADMIN_FILE"]).read_text().strip()
+    response = httpx.get(
+        f"https://localhost:{server.http_port}/",
+        headers={"Authorization": f"Bearer {token}"},
+        verify=context,
+    )
+    assert response.json()["mode"] == "production"
+    assert httpx.get(f"https://localhost:{server.http_port}/", verify=context).status_code == 401
     # Plain HTTP on the TLS port gets no answer from the API.
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{server.http_port}/", timeout=5)

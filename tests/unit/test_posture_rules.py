@@ -119,6 +119,33 @@ CASES: list[tuple[str, Status, Env, str]] = [
         "THEMIS_TOKEN_ADMIN_FILE",
     ),
     ("auth.admin_token_rotation", Status.NOT_APPLICABLE, lambda t: {}, "no admin token"),
+    ("auth.secondary_tokens", Status.NOT_APPLICABLE, lambda t: {}, "no read-only"),
+    (
+        "auth.secondary_tokens",
+        Status.PASS,
+        lambda t: {
+            "THEMIS_TOKEN_READONLY": "kUKW/hsZ6m3e/ZBqpwR0Zf5AYQCMRsgHWM1OGEr9XqY=",
+            "THEMIS_TOKEN_ANALYST": "8bF0o1Q0W8x0cZ8v8mJ3kq3n0v1hY8r2m3p4s5t6u7A=",
+        },
+        "strong and distinct",
+    ),
+    (
+        "auth.secondary_tokens",
+        Status.FAIL,
+        lambda t: {
+            "THEMIS_TOKEN_READONLY": "kUKW/hsZ6m3e/ZBqpwR0Zf5AYQCMRsgHWM1OGEr9XqY=",
+            "THEMIS_TOKEN_ADMIN": "kUKW/hsZ6m3e/ZBqpwR0Zf5AYQCMRsgHWM1OGEr9XqY=",
+        },
+        "identical",
+    ),
+    (
+        "auth.secondary_tokens",
+        Status.FAIL,
+        lambda t: {"THEMIS_TOKEN_ANALYST": "analyst"},
+        "THEMIS_TOKEN_ANALYST decodes to 5 bytes",
+    ),
+    ("storage.durable_commits", Status.PASS, lambda t: {}, "THEMIS_SYNC=full"),
+    ("storage.durable_commits", Status.FAIL, lambda t: {"THEMIS_SYNC": "normal"}, "power"),
     ("keys.hsm_stub", Status.PASS, lambda t: {}, "absent"),
     ("keys.hsm_stub", Status.FAIL, lambda t: {"THEMIS_ALLOW_HSM_STUB": "1"}, "software HSM"),
     ("keys.hsm_stub", Status.FAIL, lambda t: {"THEMIS_ALLOW_HSM_STUB": "0"}, "whatever its value"),
@@ -458,6 +485,7 @@ def test_should_severity_only_where_the_spec_recommends() -> None:
         "wal.dedicated_ca",  # "should be issued by a dedicated internal CA"
         "wal.short_lived_certificates",  # "Short-lived certificates (≤ 30 days) ... recommended"
         "health.internal_bind",  # "bound to an internal-only address if possible"
+        "storage.durable_commits",  # not a spec item: our own durability switch, a warning
     }
 
 

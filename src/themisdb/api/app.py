@@ -1,50 +1,127 @@
-"""ASGI applications: the public API and the internal (health/metrics) listener.
-
-The data API arrives with the database issue; until then the public app answers its root and
-returns JSON errors for everything else, never a stack trace.
-"""
+"""ASGI applications: the public API (routes.ROUTES) and the internal listener."""
 
 from __future__ import annotations
 
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from themisdb import __version__
-from themisdb.settings import Settings
+from themisdb.api.auth import require
+from themisdb.api.errors import EXCEPTION_HANDLERS
+from themisdb.api.routes import ROUTES, Call, Endpoint, Services
+from themisdb.errors import ClientError, PayloadTooLarge, StorageError, Unauthorized
 
-_CODES = {404: "not_found", 405: "method_not_allowed"}
+_log = logging.getLogger("themisdb.api")
 
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = _CODES.get(exc.status_code, "error")
-    return JSONResponse({"error": code, "message": str(exc.detail)}, status_code=exc.status_code)
-
-
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": "internal_error", "message": "internal error"}, status_code=500)
+_AUTH_EVENTS = {"malformed_token": "malformed_token"}
 
 
-def create_app(settings: Settings) -> Starlette:
-    mode = "production" if settings.production else "development"
-
-    async def root(request: Request) -> Response:
-        return JSONResponse({"service": "themisdb", "version": __version__, "mode": mode})
-
-    return Starlette(
-        routes=[Route("/", root)],
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
-    )
+def _security_event(services: Services, exc: ClientError) -> None:
+    metrics = services.metrics
+    if isinstance(exc, Unauthorized):
+        metrics.security_event("authentication", _AUTH_EVENTS.get(exc.code, "auth_failure"))
+    elif exc.code == "insufficient_scope":
+        metrics.security_event("authorization", "scope_denied")
+    elif isinstance(exc, PayloadTooLarge):
+        metrics.security_event("security", "body_too_large")
 
 
-def create_internal_app(settings: Settings) -> Starlette:
+def _wrap(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        request.scope["themis.route"] = endpoint.path
+        try:
+            principal = services.auth.authenticate(request)
+            require(principal, endpoint.scope)
+            return await endpoint.handler(Call(request, principal, services))
+        except ClientError as exc:
+            _security_event(services, exc)
+            raise
+
+    return handle
+
+
+class _Observe:
+    """Request id, access log line and request metrics for every request, matched or not."""
+
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.metrics = services.metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex[:16]
+        scope["themis.request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("themis.route", "unmatched")
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route, scope["method"]).observe(elapsed)
+            # The route template, never the raw path: keys and table names can be sensitive.
+            _log.info(
+                "%s %s %d %.1fms id=%s", scope["method"], route, status, elapsed * 1000, request_id
+            )
+
+
+def create_app(services: Services) -> ASGIApp:
+    routes = [
+        Route(e.path, _wrap(e, services), methods=[e.method], name=f"{e.method} {e.path}")
+        for e in ROUTES
+    ]
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+    return _Observe(app, services)
+
+
+def create_internal_app(services: Services) -> Starlette:
+    """Health and metrics: not authenticated, meant for an internal-only address."""
+
     async def live(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def ready(request: Request) -> Response:
+        checks: dict[str, str] = {}
+        try:
+            await run_in_threadpool(services.storage.check_writable)
+            checks["storage"] = "ok"
+        except StorageError as exc:
+            checks["storage"] = str(exc)
+        healthy = all(value == "ok" for value in checks.values())
+        return JSONResponse(
+            {"status": "ready" if healthy else "unavailable", "checks": checks},
+            status_code=200 if healthy else 503,
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     return Starlette(
-        routes=[Route("/health/live", live)],
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        routes=[
+            Route("/health/live", live),
+            Route("/health/ready", ready),
+            Route("/metrics", metrics),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
     )

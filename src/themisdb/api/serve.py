@@ -11,11 +11,16 @@ import ssl
 from collections.abc import Iterator
 
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from themisdb.api.app import create_app, create_internal_app
+from themisdb.api.auth import Authenticator
+from themisdb.api.metrics import Metrics
+from themisdb.api.routes import Services
 from themisdb.errors import ThemisError
+from themisdb.posture import Report
 from themisdb.settings import Settings
+from themisdb.storage import Storage
 from themisdb.tls import server_context
 
 _log = logging.getLogger("themisdb.server")
@@ -45,14 +50,15 @@ def bind(host: str, port: int, what: str) -> socket.socket:
     return sock
 
 
-def _server(app: Starlette, tls: ssl.SSLContext | None = None) -> _Server:
+def _server(app: ASGIApp, tls: ssl.SSLContext | None = None) -> _Server:
     config = uvicorn.Config(
         app,
         log_config=None,
-        access_log=False,
+        access_log=False,  # ours logs route templates, never raw paths (routes may hold keys)
         server_header=False,
         date_header=False,
         lifespan="off",
+        timeout_graceful_shutdown=15,  # in-flight requests get this long after SIGTERM
     )
     config.load()
     config.ssl = tls  # our own context (themisdb.tls), not uvicorn's defaults
@@ -77,31 +83,40 @@ async def _serve(pairs: list[tuple[_Server, socket.socket]], early: list[int]) -
     await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in pairs))
 
 
-def serve(settings: Settings) -> None:
-    """Bind both listeners, serve until a stop signal, then return."""
+def serve(settings: Settings, report: Report) -> None:
+    """Open the storage, bind both listeners, serve until a stop signal, finish in-flight
+    requests and queued writes, close the database, return."""
     # From the moment a socket listens, an orchestrator may send SIGTERM: remember it rather
     # than die with a traceback, and stop as soon as the loop runs.
     early: list[int] = []
     for sig in _STOP_SIGNALS:
         signal.signal(sig, lambda number, frame: early.append(number))
     tls = server_context(settings)
-    api_sock = bind(settings.http_bind_address, settings.http_port, "API")
-    internal_sock = bind(settings.health_bind_address, settings.health_port, "internal listener")
-    _log.info(
-        "listening: API %s://%s:%d, internal http://%s:%d",
-        "https" if tls else "http",
-        settings.http_bind_address,
-        settings.http_port,
-        settings.health_bind_address,
-        settings.health_port,
-    )
-    pairs = [
-        (_server(create_app(settings), tls), api_sock),
-        (_server(create_internal_app(settings)), internal_sock),
-    ]
+    storage = Storage(settings.data_dir, sync=settings.sync)
+    sockets: list[socket.socket] = []
     try:
+        sockets.append(bind(settings.http_bind_address, settings.http_port, "API"))
+        sockets.append(
+            bind(settings.health_bind_address, settings.health_port, "internal listener")
+        )
+        _log.info(
+            "listening: API %s://%s:%d, internal http://%s:%d",
+            "https" if tls else "http",
+            settings.http_bind_address,
+            settings.http_port,
+            settings.health_bind_address,
+            settings.health_port,
+        )
+        metrics = Metrics()
+        metrics.record_posture(report)
+        services = Services(settings, storage, metrics, Authenticator(settings))
+        pairs = [
+            (_server(create_app(services), tls), sockets[0]),
+            (_server(create_internal_app(services)), sockets[1]),
+        ]
         asyncio.run(_serve(pairs, early))
     finally:
-        for _, sock in pairs:
+        for sock in sockets:
             sock.close()
+        storage.close()  # after the servers: in-flight writes finish first
     _log.info("stopped")

@@ -70,7 +70,8 @@ def serve(ctx: click.Context) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = _settings(ctx.obj["config"])
-    decision = startup_gate(evaluate(settings, default_probes()))
+    report = evaluate(settings, default_probes())
+    decision = startup_gate(report)
     click.echo(decision.message, err=True)
     if not decision.allowed:
         sys.exit(EX_CONFIG)
@@ -79,7 +80,7 @@ def serve(ctx: click.Context) -> None:
     except OSError as exc:
         _fail(f"THEMIS_DATA_DIR={settings.data_dir}: cannot create it ({exc.strerror})", EX_CONFIG)
     try:
-        run_server(settings)
+        run_server(settings, report)
     except ThemisError as exc:
         _fail(f"themisdb: {exc}", 1)
 

@@ -30,6 +30,8 @@ AUDIT = "Audit Logging Requirements"
 PII = "PII and Data Classification"
 WAL = "WAL Replication Security"
 INTEGRATOR = "Actionable Integrator Checklist"
+# Not a section of the spec: promises of our own, kept in the same table.
+STORAGE = "ThemisDB-Python: storage durability"
 
 TOKEN_MAX_AGE_DAYS = 90
 WAL_CERT_MAX_DAYS = 30
@@ -110,6 +112,23 @@ def _admin_token_age(ctx: Context) -> Outcome:
     if age > TOKEN_MAX_AGE_DAYS * 86400:
         return failed(f"the token file was last changed {days} days ago (limit 90): rotate it")
     return passed(f"the token file was last changed {days} days ago")
+
+
+def _secondary_tokens(ctx: Context) -> Outcome:
+    s = ctx.settings
+    tokens = {"THEMIS_TOKEN_READONLY": s.token_readonly, "THEMIS_TOKEN_ANALYST": s.token_analyst}
+    present = {name: t.get_secret_value() for name, t in tokens.items() if t is not None}
+    if not present:
+        return not_applicable("no read-only or analyst token is set")
+    problems = [f"{name} {weak}" for name, v in present.items() if (weak := token_weakness(v))]
+    values = list(present.values())
+    if s.token_admin is not None:
+        values.append(s.token_admin.get_secret_value())
+    if len(set(values)) < len(values):
+        problems.append("two of the tokens are identical: every role needs its own secret")
+    if problems:
+        return failed("; ".join(problems))
+    return passed(f"{', '.join(present)}: strong and distinct")
 
 
 # --- key management ----------------------------------------------------------------------------
@@ -395,6 +414,12 @@ def _debug_enc(ctx: Context) -> Outcome:
 
 def _debug_pki(ctx: Context) -> Outcome:
     return _must_be_absent("THEMIS_DEBUG_PKI", ctx.settings.debug_pki)
+
+
+def _durable_commits(ctx: Context) -> Outcome:
+    if ctx.settings.sync == "full":
+        return passed("THEMIS_SYNC=full: a write is acknowledged once it is on disk")
+    return failed("THEMIS_SYNC=normal: acknowledged writes can be lost on power failure")
 
 
 # --- audit, operations, secrets ----------------------------------------------------------------

@@ -14,6 +14,7 @@ from themisdb.posture._checks import (
     MODES,
     PII,
     REQUIRED,
+    STORAGE,
     TLS,
     TOKENS,
     UNSAFE,
@@ -26,6 +27,7 @@ from themisdb.posture._checks import (
     _debug_enc,
     _debug_pki,
     _dedicated_key,
+    _durable_commits,
     _environment,
     _health_internal,
     _hsm_pin,
@@ -39,6 +41,7 @@ from themisdb.posture._checks import (
     _rotation_90_days,
     _rotation_schedule,
     _san_matches,
+    _secondary_tokens,
     _secrets_from_store,
     _tls13,
     _validity,
@@ -100,6 +103,17 @@ RULES: tuple[Rule, ...] = (
         remediation="Rotate the token (replace the file behind THEMIS_TOKEN_ADMIN_FILE) at least "
         "every 90 days and immediately after a suspected compromise.",
         check=_admin_token_age,
+        sections=(TOKENS,),
+    ),
+    Rule(
+        id="auth.secondary_tokens",
+        title="Read-only and analyst tokens are strong and distinct from each other and admin",
+        severity=MUST,
+        variables=("THEMIS_TOKEN_READONLY", "THEMIS_TOKEN_ANALYST"),
+        risk="A weak or shared read token exposes every entity as surely as a weak admin token.",
+        remediation="Generate each with `themisdb token generate`; never reuse a token across "
+        "roles.",
+        check=_secondary_tokens,
         sections=(TOKENS,),
     ),
     # --- key management ------------------------------------------------------------------------
@@ -354,6 +368,16 @@ RULES: tuple[Rule, ...] = (
         check=_debug_pki,
         sections=(UNSAFE, CHECKLIST),
         unsafe_default="PKI debug logging is permitted",
+    ),
+    Rule(
+        id="storage.durable_commits",
+        title="Writes are acknowledged only once durable (THEMIS_SYNC=full)",
+        severity=SHOULD,
+        variables=("THEMIS_SYNC",),
+        risk="With THEMIS_SYNC=normal a power failure can lose writes clients were told succeeded.",
+        remediation="Leave THEMIS_SYNC unset (full), unless losing the last commits is acceptable.",
+        check=_durable_commits,
+        sections=(STORAGE,),
     ),
     # --- audit, operations, secrets ------------------------------------------------------------
     Rule(

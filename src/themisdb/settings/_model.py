@@ -119,6 +119,8 @@ class SecretSource:
 # Variables whose value may also be read from a file named by VARIABLE_FILE.
 SECRET_FILE_VARIABLES = (
     "THEMIS_TOKEN_ADMIN",
+    "THEMIS_TOKEN_READONLY",
+    "THEMIS_TOKEN_ANALYST",
     "THEMIS_VAULT_TOKEN",
     "THEMIS_HSM_PIN",
     "THEMIS_PKI_KEY_PASSPHRASE",
@@ -174,6 +176,38 @@ class Settings(BaseModel):
         alias="THEMIS_TOKEN_ADMIN",
         description="admin API token: base64 of at least 32 random bytes "
         "(`themisdb token generate`); also THEMIS_TOKEN_ADMIN_FILE",
+    )
+
+    token_readonly: SecretStr | None = Field(
+        None,
+        alias="THEMIS_TOKEN_READONLY",
+        description="token with scope data:read only; also THEMIS_TOKEN_READONLY_FILE",
+    )
+    token_analyst: SecretStr | None = Field(
+        None,
+        alias="THEMIS_TOKEN_ANALYST",
+        description="token with scope data:read, never of fields classified pii/restricted; "
+        "also THEMIS_TOKEN_ANALYST_FILE",
+    )
+
+    # --- storage and API limits --------------------------------------------------------------
+    sync: Literal["full", "normal"] = Field(
+        "full",
+        alias="THEMIS_SYNC",
+        description="full (default): a write is acknowledged after it is on disk; normal: "
+        "faster, but the last commits can be lost on power failure",
+    )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        alias="THEMIS_MAX_BODY_BYTES",
+        description="largest request body accepted (413 beyond)",
+    )
+    query_max_results: int = Field(
+        10000,
+        ge=1,
+        alias="THEMIS_QUERY_MAX_RESULTS",
+        description="most rows one query or page returns (the response says truncated)",
     )
 
     # --- key management ----------------------------------------------------------------------

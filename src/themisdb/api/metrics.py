@@ -1,0 +1,66 @@
+"""Prometheus metrics of one server process (its own registry, not the global one).
+
+Label values come from fixed sets (route templates, rule ids, event names), never from user
+input or secrets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from themisdb.posture import Report
+
+# (category, event) pairs that exist from the start, so that dashboards and alerts see zeros.
+SECURITY_EVENTS = (
+    ("authentication", "auth_failure"),
+    ("authentication", "malformed_token"),
+    ("authorization", "scope_denied"),
+    ("security", "body_too_large"),
+    ("security", "posture_violation"),
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.security_events = Counter(
+            "themisdb_security_events",
+            "Security-relevant events; a spike may indicate an intrusion attempt.",
+            ["category", "event"],
+            registry=self.registry,
+        )
+        for category, event in SECURITY_EVENTS:
+            self.security_events.labels(category, event)
+        self.unsafe_default = Gauge(
+            "themisdb_unsafe_default",
+            "1 while the unsafe default checked by this posture rule is active.",
+            ["rule"],
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "themisdb_http_requests",
+            "API requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "themisdb_http_request_duration_seconds",
+            "API request latency by route template and method.",
+            ["route", "method"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+    def security_event(self, category: str, event: str, amount: int = 1) -> None:
+        self.security_events.labels(category, event).inc(amount)
+
+    def record_posture(self, report: Report) -> None:
+        """Unsafe-default gauges, and the must-rules failing at startup as posture violations
+        (production refuses to start with any; development runs with them)."""
+        for finding in report.findings:
+            if finding.rule.unsafe_default:
+                self.unsafe_default.labels(finding.rule.id).set(
+                    1 if finding in report.active_unsafe_defaults else 0
+                )
+        if report.blocking:
+            self.security_event("security", "posture_violation", len(report.blocking))

@@ -1,0 +1,37 @@
+"""Storage: SQLite (WAL mode) tables of JSON entities, group-committed writes, logical log."""
+
+from themisdb.storage._names import check_field, check_pk, check_table, parse_key
+from themisdb.storage.engine import (
+    DB_FILE,
+    IndexInfo,
+    LogRecord,
+    Op,
+    Storage,
+    delete_op,
+    encode_entity,
+    put_op,
+    record_crc,
+)
+from themisdb.storage.query import Explain, Order, Predicate, Query, QueryResult, Range
+
+__all__ = [
+    "DB_FILE",
+    "Explain",
+    "IndexInfo",
+    "LogRecord",
+    "Op",
+    "Order",
+    "Predicate",
+    "Query",
+    "QueryResult",
+    "Range",
+    "Storage",
+    "check_field",
+    "check_pk",
+    "check_table",
+    "delete_op",
+    "encode_entity",
+    "parse_key",
+    "put_op",
+    "record_crc",
+]
