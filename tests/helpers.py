@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -115,9 +116,11 @@ logging:
 """
 
 
-def hardened_env(directory: Path) -> dict[str, str]:
+def hardened_env(directory: Path, key_manager: Mapping[str, str] | None = None) -> dict[str, str]:
     """A production environment in which every must-rule that is pure configuration holds,
-    backed by real files (certificates, secret files, the YAML config)."""
+    backed by real files (certificates, secret files, the YAML config). ``key_manager``: the
+    variables of a real one (e.g. the SoftHSM2 fixture's ``env()``) for tests that start the
+    server; without it the HSM variables only satisfy the configuration rules."""
     cert, key = write_cert(directory, "server")
     config = directory / "themis.yaml"
     config.write_text(AUDIT_SYSLOG_YAML)
@@ -136,6 +139,7 @@ def hardened_env(directory: Path) -> dict[str, str]:
         "THEMIS_DISABLE_AUTO_DOWNLOAD": "1",
         "THEMIS_CONFIG": str(config),
         "THEMIS_DATA_DIR": str(directory / "data"),
+        **(key_manager or {}),
     }
 
 
@@ -170,10 +174,12 @@ def run_cli(
 class ServerProcess:
     """A real ``themisdb serve`` subprocess listening on free loopback ports."""
 
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     http_port: int
     health_port: int
+    log: Path  # stdout and stderr go to a file: a pipe nobody reads would block the server
     scheme: str = "http"
+    data_dir: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -187,7 +193,9 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early with {self.process.returncode}")
+                raise RuntimeError(
+                    f"server exited early with {self.process.returncode}:\n{self.output()}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.health_port), timeout=0.5):
                     return
@@ -195,29 +203,35 @@ class ServerProcess:
                 time.sleep(0.05)
         raise TimeoutError("server did not start listening")
 
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> tuple[int, str]:
-        """Send ``sig``, wait, and return (exit code, everything it wrote to stderr)."""
+        """Send ``sig``, wait, and return (exit code, everything it wrote)."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        _, err = self.process.communicate(timeout=timeout)
-        return self.process.returncode, err
+        self.process.wait(timeout=timeout)
+        return self.process.returncode, self.output()
 
 
 def start_server(env: Mapping[str, str], *, wait: bool = True) -> ServerProcess:
     http_port, health_port = free_port(), free_port()
     full = {"THEMIS_HTTP_PORT": str(http_port), "THEMIS_HEALTH_PORT": str(health_port), **env}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "themisdb", "serve"],
-        env=base_process_env(full),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = Path(tempfile.mkdtemp(prefix="themis-server-")) / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "themisdb", "serve"],
+            env=base_process_env(full),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     server = ServerProcess(
         process,
         int(full["THEMIS_HTTP_PORT"]),
         int(full["THEMIS_HEALTH_PORT"]),
+        log,
         "https" if "THEMIS_PKI_CERTIFICATE" in full else "http",
+        Path(full["THEMIS_DATA_DIR"]) if "THEMIS_DATA_DIR" in full else None,
     )
     if wait:
         try:

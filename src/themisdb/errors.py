@@ -11,6 +11,9 @@
     │   ├── PayloadTooLarge    413
     │   ├── UnsupportedMedia   415
     │   └── Unprocessable      422 (well-formed JSON of the wrong shape)
+    ├── IntegrityError         ciphertext or wrapped key failed authentication (one message)
+    ├── KeyProviderUnavailable the key manager cannot be reached or refused (503)
+    ├── MasterKeyMissing       the key manager has no master key (run `themisdb keys init`)
     ├── StorageError           the storage engine failed (503; clients see no detail)
     └── InternalError          a bug; clients see only an id
 
@@ -21,6 +24,7 @@ that raises these is responsible for naming variables, not echoing what they hol
 
 from __future__ import annotations
 
+EX_UNAVAILABLE = 69  # sysexits.h: a service is unavailable
 EX_CONFIG = 78  # sysexits.h: configuration error
 
 
@@ -86,6 +90,23 @@ class UnsupportedMedia(ClientError):
 
 class Unprocessable(ClientError):
     status, code = 422, "unprocessable_entity"
+
+
+class IntegrityError(ThemisError):
+    """Decryption or unwrapping failed. Deliberately one message for every cause (wrong key,
+    wrong AAD, modified bytes, truncated header) so that nothing is learned from which."""
+
+    def __init__(self) -> None:
+        super().__init__("integrity check failed")
+
+
+class KeyProviderUnavailable(ThemisError):
+    """The key manager cannot serve: HSM token gone, library failing, Vault down or sealed.
+    The message names the provider and the kind of failure, never key material or PINs."""
+
+
+class MasterKeyMissing(ThemisError):
+    """The key manager holds no master key for this cluster."""
 
 
 class StorageError(ThemisError):

@@ -312,9 +312,11 @@ TOKENS = {"admin": generate_token(), "readonly": generate_token(), "analyst": ge
 
 
 @pytest.fixture(scope="module")
-def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def prod(
+    tmp_path_factory: pytest.TempPathFactory, hsm_env: dict[str, str]
+) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("prod")
-    env = hardened_env(directory)
+    env = hardened_env(directory, hsm_env)
     del env["THEMIS_TOKEN_ADMIN_FILE"]
     env.update(
         {

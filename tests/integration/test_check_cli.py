@@ -12,8 +12,8 @@ from tests.helpers import REPO, hardened_env, run_cli
 pytestmark = pytest.mark.integration
 
 
-def test_hardened_environment_is_production_ready(tmp_path: Path) -> None:
-    result = run_cli(["check"], hardened_env(tmp_path))
+def test_hardened_environment_is_production_ready(hsm_env: dict[str, str], tmp_path: Path) -> None:
+    result = run_cli(["check"], hardened_env(tmp_path, hsm_env))
     assert result.returncode == 0, result.stdout
     assert "[PASS]  must    auth.admin_token" in result.stdout
     assert ": production-ready" in result.stdout
@@ -42,8 +42,8 @@ def test_markdown_format() -> None:
     assert "| ❌ | must | `auth.admin_token`" in result.stdout
 
 
-def test_env_file_and_mode_production(tmp_path: Path) -> None:
-    env = hardened_env(tmp_path)
+def test_env_file_and_mode_production(hsm_env: dict[str, str], tmp_path: Path) -> None:
+    env = hardened_env(tmp_path, hsm_env)
     del env["THEMIS_PRODUCTION_MODE"], env["THEMIS_ENVIRONMENT"]
     env_file = tmp_path / "prod.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
@@ -57,9 +57,11 @@ def test_env_file_and_mode_production(tmp_path: Path) -> None:
     assert "evaluated as production" in assumed.stdout
 
 
-def test_strict_turns_unverified_must_rules_into_failure(tmp_path: Path) -> None:
-    env = hardened_env(tmp_path)
-    env["THEMIS_HSM_PIN"] = "9x-from-env"
+def test_strict_turns_unverified_must_rules_into_failure(
+    hsm_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = hardened_env(tmp_path, hsm_env)
+    env["THEMIS_HSM_PIN"] = Path(env["THEMIS_HSM_PIN_FILE"]).read_text().strip()
     del env["THEMIS_HSM_PIN_FILE"]
     assert run_cli(["check"], env).returncode == 0
     strict = run_cli(["check", "--strict"], env)

@@ -7,6 +7,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -89,6 +90,7 @@ VIOLATIONS: list[tuple[str, str, Mutation]] = [
     ("keys.hsm_stub", "THEMIS_ALLOW_HSM_STUB", _set(THEMIS_ALLOW_HSM_STUB="0")),
     ("keys.key_manager", "THEMIS_HSM_ENABLED", _set(THEMIS_HSM_ENABLED="0")),
     ("keys.hsm_pin_injected", "THEMIS_HSM_PIN", _default_pin),
+    ("keys.master_key_usable", "THEMIS_HSM_KEY_LABEL", _set(THEMIS_HSM_KEY_LABEL="no-such-key")),
     ("keys.rotation_schedule", "THEMIS_KEY_ROTATION_DAYS", _set(THEMIS_KEY_ROTATION_DAYS="0")),
     ("keys.dedicated_per_cluster", "THEMIS_CLUSTER_ID", _unset("THEMIS_CLUSTER_ID")),
     ("tls.certificate_configured", "THEMIS_PKI_CERTIFICATE", _unset("THEMIS_PKI_CERTIFICATE")),
@@ -115,11 +117,16 @@ VIOLATIONS: list[tuple[str, str, Mutation]] = [
 ]
 
 
+# A default PIN is also refused by the real token: the key manager rule fails with it.
+ALSO_FAILING = {"keys.hsm_pin_injected": ("keys.master_key_usable",)}
+
+
 def test_every_pure_configuration_must_rule_is_in_the_matrix() -> None:
     from themisdb.posture import RULES, Severity
 
     needs_real_services = {
         "auth.admin_token_rotation",  # file age: covered by the unit matrix with real mtimes
+        "keys.master_key_age",  # age recorded in the database: covered by the unit matrix
         "keys.vault_token_short_lived",  # needs Vault
         "process.pre_deployment_checklist",
         "process.monitor_security_events",
@@ -135,9 +142,9 @@ def test_every_pure_configuration_must_rule_is_in_the_matrix() -> None:
     ids=[f"{v[0]}-{i}" for i, v in enumerate(VIOLATIONS)],
 )
 def test_production_refuses_each_violation(
-    tmp_path: Path, rule_id: str, variable: str, mutate: Mutation
+    hsm_env: dict[str, str], tmp_path: Path, rule_id: str, variable: str, mutate: Mutation
 ) -> None:
-    env = hardened_env(tmp_path)
+    env = hardened_env(tmp_path, hsm_env)
     mutate(env, tmp_path)
     env = {k: v for k, v in env.items() if v != ""}
     if rule_id == "mode.production_flag":
@@ -147,12 +154,16 @@ def test_production_refuses_each_violation(
     assert "refusing to start in production mode" in result.stderr
     assert f"x {rule_id}:" in result.stderr
     assert variable in result.stderr
-    assert "1 requirement(s)" in result.stderr  # exactly this violation, nothing else
+    also = ALSO_FAILING.get(rule_id, ())
+    for other in also:
+        assert f"x {other}:" in result.stderr
+    # exactly this violation (and its unavoidable consequences), nothing else
+    assert f"{1 + len(also)} requirement(s)" in result.stderr
     assert not (tmp_path / "data").exists()  # refused before touching anything
 
 
-def test_several_violations_are_all_listed(tmp_path: Path) -> None:
-    env = hardened_env(tmp_path)
+def test_several_violations_are_all_listed(hsm_env: dict[str, str], tmp_path: Path) -> None:
+    env = hardened_env(tmp_path, hsm_env)
     chosen = {"auth.admin_token", "pii.strict", "debug.enc_dir", "audit.external_sink"}
     for rule_id in chosen:
         next(m for r, _, m in VIOLATIONS if r == rule_id)(env, tmp_path)
@@ -163,8 +174,10 @@ def test_several_violations_are_all_listed(tmp_path: Path) -> None:
     assert "4 requirement(s)" in result.stderr
 
 
-def test_hsm_stub_with_production_mode_always_refuses(tmp_path: Path) -> None:
-    env = hardened_env(tmp_path)
+def test_hsm_stub_with_production_mode_always_refuses(
+    hsm_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = hardened_env(tmp_path, hsm_env)
     env.update({"THEMIS_ALLOW_HSM_STUB": "1", "THEMIS_ENVIRONMENT": "development"})
     result = run_cli(["serve"], env)
     assert result.returncode == 78
@@ -178,9 +191,9 @@ def test_invalid_configuration_exits_78_naming_the_variable(tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
 
 
-def test_secret_values_never_reach_the_output(tmp_path: Path) -> None:
+def test_secret_values_never_reach_the_output(hsm_env: dict[str, str], tmp_path: Path) -> None:
     secret = "Zm9vYmFyLXRoaXMtaXMtYS1zZWNyZXQtdmFsdWUtMTIzNDU2"  # a secret that is also weak
-    env = hardened_env(tmp_path)
+    env = hardened_env(tmp_path, hsm_env)
     env["THEMIS_TOKEN_ADMIN_FILE"] = str(write_secret(tmp_path, "t", secret))
     env["THEMIS_HSM_PIN_FILE"] = str(write_secret(tmp_path, "p", "pin-" + secret))
     result = run_cli(["serve"], env)
@@ -228,9 +241,13 @@ def test_sigint_also_stops_cleanly(tmp_path: Path, cleanup_servers: list[ServerP
 
 
 def test_hardened_production_configuration_starts_and_serves_tls(
-    tmp_path: Path, cleanup_servers: list[ServerProcess]
+    tmp_path: Path, cleanup_servers: list[ServerProcess], softhsm: Any
 ) -> None:
-    env = hardened_env(tmp_path)
+    env = hardened_env(tmp_path, softhsm.env(tmp_path))
+    missing = run_cli(["serve"], env)
+    assert missing.returncode == 78  # production never creates a master key silently
+    assert "keys init" in missing.stderr
+    assert run_cli(["keys", "init"], env).returncode == 0
     server = _started(tmp_path, env, cleanup_servers)
     context = ssl.create_default_context(cafile=env["THEMIS_PKI_CERTIFICATE"])
     token = Path(env["THEMIS_TOKEN_ADMIN_FILE"]).read_text().strip()

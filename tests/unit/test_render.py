@@ -49,8 +49,8 @@ def test_development_banner_lists_each_active_unsafe_default_with_its_variable()
     assert "did you mean THEMIS_PII_STRICT?" in decision.message
 
 
-def test_production_refusal_lists_all_failures(tmp_path: Path) -> None:
-    env = hardened_env(tmp_path)
+def test_production_refusal_lists_all_failures(hsm_env: dict[str, str], tmp_path: Path) -> None:
+    env = hardened_env(tmp_path, hsm_env)
     env.update({"THEMIS_PII_STRICT": "0", "THEMIS_DEBUG_ENC_DIR": "/tmp/d"})
     decision = startup_gate(evaluate(load_settings(env), default_probes()))
     assert not decision.allowed

@@ -18,7 +18,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from themisdb.api.auth import require
 from themisdb.api.errors import EXCEPTION_HANDLERS
 from themisdb.api.routes import ROUTES, Call, Endpoint, Services
-from themisdb.errors import ClientError, PayloadTooLarge, StorageError, Unauthorized
+from themisdb.errors import (
+    ClientError,
+    IntegrityError,
+    KeyProviderUnavailable,
+    PayloadTooLarge,
+    StorageError,
+    Unauthorized,
+)
 
 _log = logging.getLogger("themisdb.api")
 
@@ -44,6 +51,12 @@ def _wrap(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitab
             return await endpoint.handler(Call(request, principal, services))
         except ClientError as exc:
             _security_event(services, exc)
+            raise
+        except KeyProviderUnavailable:
+            services.metrics.security_event("security", "key_provider_error")
+            raise
+        except IntegrityError:
+            services.metrics.security_event("security", "integrity_failure")
             raise
 
     return handle
@@ -108,6 +121,8 @@ def create_internal_app(services: Services) -> Starlette:
             checks["storage"] = "ok"
         except StorageError as exc:
             checks["storage"] = str(exc)
+        health = await run_in_threadpool(services.db.envelope.check_health)
+        checks["key_provider"] = "ok" if health.ok else health.detail
         healthy = all(value == "ok" for value in checks.values())
         return JSONResponse(
             {"status": "ready" if healthy else "unavailable", "checks": checks},

@@ -18,9 +18,10 @@ from themisdb.settings import Settings
 
 DATA_READ = "data:read"
 DATA_WRITE = "data:write"
+PII_READ = "pii:read"  # see fields classified pii/restricted unmasked
 ADMIN = "admin"
 AUTHENTICATED = "authenticated"  # any valid credential
-ALL_SCOPES = frozenset({DATA_READ, DATA_WRITE, ADMIN})
+ALL_SCOPES = frozenset({DATA_READ, DATA_WRITE, PII_READ, ADMIN})
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         configured = [
             ("admin", settings.token_admin, ALL_SCOPES),
-            ("readonly", settings.token_readonly, frozenset({DATA_READ})),
+            ("readonly", settings.token_readonly, frozenset({DATA_READ, PII_READ})),
             ("analyst", settings.token_analyst, frozenset({DATA_READ})),
         ]
         self._credentials = [

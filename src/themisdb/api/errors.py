@@ -12,7 +12,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from themisdb.errors import ClientError, StorageError, Unauthorized
+from themisdb.errors import (
+    ClientError,
+    IntegrityError,
+    KeyProviderUnavailable,
+    StorageError,
+    Unauthorized,
+)
 
 _log = logging.getLogger("themisdb.api")
 
@@ -55,6 +61,24 @@ async def storage_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def key_provider_error(request: Request, exc: Exception) -> Response:
+    _log.error("key provider unavailable (request %s): %s", _request_id(request), exc)
+    return error_response(
+        503,
+        "key_provider_unavailable",
+        "the key manager is unavailable; nothing was written. Retry later.",
+    )
+
+
+async def integrity_error(request: Request, exc: Exception) -> Response:
+    _log.error("integrity check failed (request %s)", _request_id(request))
+    return error_response(
+        500,
+        "integrity_error",
+        f"stored data failed its integrity check; request id {_request_id(request)}",
+    )
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     _log.error("internal error (request %s)", _request_id(request), exc_info=exc)
     return error_response(
@@ -66,5 +90,7 @@ EXCEPTION_HANDLERS = {
     ClientError: client_error,
     HTTPException: http_error,
     StorageError: storage_error,
+    KeyProviderUnavailable: key_provider_error,
+    IntegrityError: integrity_error,
     Exception: internal_error,
 }

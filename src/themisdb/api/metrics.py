@@ -17,6 +17,8 @@ SECURITY_EVENTS = (
     ("authorization", "scope_denied"),
     ("security", "body_too_large"),
     ("security", "posture_violation"),
+    ("security", "key_provider_error"),
+    ("security", "integrity_failure"),
 )
 
 

@@ -60,4 +60,11 @@ class IndexIn(BaseModel):
     column: StrictStr
 
 
-BODY_MODELS: tuple[type[BaseModel], ...] = (EntityIn, BatchIn, QueryIn, IndexIn)
+class ReencryptIn(BaseModel):
+    model_config = _STRICT
+    table: StrictStr
+    after: StrictStr = Field("", description="continue after this primary key")
+    limit: StrictInt = Field(500, ge=1, le=5000)
+
+
+BODY_MODELS: tuple[type[BaseModel], ...] = (EntityIn, BatchIn, QueryIn, IndexIn, ReencryptIn)

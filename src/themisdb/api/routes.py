@@ -6,6 +6,7 @@ Handlers translate HTTP to storage calls and back; they hold no business logic.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,10 +19,21 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from themisdb import __version__
 from themisdb.api._body import read_json, validate
-from themisdb.api.auth import ADMIN, AUTHENTICATED, DATA_READ, DATA_WRITE, Authenticator, Principal
+from themisdb.api.auth import (
+    ADMIN,
+    AUTHENTICATED,
+    DATA_READ,
+    DATA_WRITE,
+    PII_READ,
+    Authenticator,
+    Principal,
+)
 from themisdb.api.metrics import Metrics
-from themisdb.api.models import BatchIn, EntityIn, IndexIn, QueryIn
+from themisdb.api.models import BatchIn, EntityIn, IndexIn, QueryIn, ReencryptIn
+from themisdb.crypto import EncryptionSchema, wrapped_version
+from themisdb.database import Database
 from themisdb.errors import NotFound, Unprocessable
+from themisdb.keys import Rotatable
 from themisdb.posture import default_probes, evaluate, render
 from themisdb.settings import Settings
 from themisdb.storage import (
@@ -34,9 +46,7 @@ from themisdb.storage import (
     check_field,
     check_table,
     parse_key,
-    put_op,
 )
-from themisdb.storage import delete_op as _delete_op
 
 
 @dataclass
@@ -45,6 +55,7 @@ class Services:
 
     settings: Settings
     storage: Storage
+    db: Database
     metrics: Metrics
     auth: Authenticator
 
@@ -60,6 +71,14 @@ class Call:
 
     async def write(self, ops: list[Op]) -> list[int | None]:
         return await asyncio.wrap_future(self.services.storage.submit(ops))
+
+    @property
+    def db(self) -> Database:
+        return self.services.db
+
+    @property
+    def pii_read(self) -> bool:
+        return self.principal.allows(PII_READ)
 
 
 Handler = Callable[[Call], Awaitable[Response]]
@@ -92,20 +111,24 @@ def _object(value: Any, where: str) -> dict[str, Any]:
 async def put_entity(call: Call) -> Response:
     table, pk = parse_key(call.request.path_params["key"])
     entity = _object(await call.body(), "the entity")
-    (lsn,) = await call.write([put_op(table, pk, entity)])
+    op = await run_in_threadpool(call.db.put_op, table, pk, entity)
+    (lsn,) = await call.write([op])
     return _entity_response(f"{table}:{pk}", lsn)
 
 
 async def post_entity(call: Call) -> Response:
     item = validate(EntityIn, await call.body())
     table, pk = parse_key(item.key)
-    (lsn,) = await call.write([put_op(table, pk, item.blob)])
+    op = await run_in_threadpool(call.db.put_op, table, pk, item.blob)
+    (lsn,) = await call.write([op])
     return _entity_response(f"{table}:{pk}", lsn)
 
 
 async def get_entity(call: Call) -> Response:
     table, pk = parse_key(call.request.path_params["key"])
-    entity = await run_in_threadpool(call.services.storage.get, table, pk)
+    entity = await run_in_threadpool(
+        functools.partial(call.db.get, table, pk, pii_read=call.pii_read)
+    )
     if entity is None:
         raise NotFound(f"no entity {table}:{pk}", code="entity_not_found")
     return JSONResponse({"key": f"{table}:{pk}", "blob": entity})
@@ -113,7 +136,7 @@ async def get_entity(call: Call) -> Response:
 
 async def delete_entity(call: Call) -> Response:
     table, pk = parse_key(call.request.path_params["key"])
-    (lsn,) = await call.write([_delete_op(table, pk)])
+    (lsn,) = await call.write([call.db.delete_op(table, pk)])
     if lsn is None:
         raise NotFound(f"no entity {table}:{pk}", code="entity_not_found")
     return JSONResponse({"key": f"{table}:{pk}", "deleted": True, "lsn": lsn})
@@ -121,14 +144,20 @@ async def delete_entity(call: Call) -> Response:
 
 async def batch_put(call: Call) -> Response:
     batch = validate(BatchIn, await call.body())
-    ops = []
+    keys = []
     for number, item in enumerate(batch.entities):
         try:
-            table, pk = parse_key(item.key)
+            keys.append(parse_key(item.key))
         except Unprocessable as exc:
             raise Unprocessable(f"entities[{number}]: {exc.message}", code=exc.code) from exc
-        ops.append(put_op(table, pk, item.blob))
-    lsns = await call.write(ops)
+
+    def seal() -> list[Op]:
+        return [
+            call.db.put_op(table, pk, item.blob)
+            for (table, pk), item in zip(keys, batch.entities, strict=True)
+        ]
+
+    lsns = await call.write(await run_in_threadpool(seal))
     return JSONResponse({"written": len(lsns), "first_lsn": lsns[0], "last_lsn": lsns[-1]})
 
 
@@ -150,18 +179,21 @@ async def query(call: Call) -> Response:
         limit=limit,
         returns=body.return_,
     )
-    result = await run_in_threadpool(
-        call.services.storage.query,
-        q,
-        max_results=call.services.settings.query_max_results,
-        explain=body.explain,
+    result, shown = await run_in_threadpool(
+        functools.partial(
+            call.db.query,
+            q,
+            max_results=call.services.settings.query_max_results,
+            explain=body.explain,
+            pii_read=call.pii_read,
+        )
     )
     payload: dict[str, Any] = {"table": table, "count": len(result.keys)}
-    if result.entities is None:
+    if shown is None:
         payload["keys"] = result.keys
     else:
         payload["entities"] = [
-            {"key": k, "blob": e} for k, e in zip(result.keys, result.entities, strict=True)
+            {"key": k, "blob": e} for k, e in zip(result.keys, shown, strict=True)
         ]
     payload["truncated"] = result.truncated
     if result.explain is not None:
@@ -176,6 +208,7 @@ async def query(call: Call) -> Response:
 async def create_index(call: Call) -> Response:
     body = validate(IndexIn, await call.body())
     table, column = check_table(body.table), check_field(body.column)
+    call.db.check_index(table, column)
     (lsn,) = await call.write([Op("create_index", table, column)])
     return JSONResponse({"table": table, "column": column, "lsn": lsn}, status_code=201)
 
@@ -201,12 +234,12 @@ async def index_stats(call: Call) -> Response:
 
 async def export_table(call: Call) -> Response:
     table = check_table(call.request.path_params["table"])
-    storage = call.services.storage
-    if not await run_in_threadpool(storage.has_table, table):
+    if not await run_in_threadpool(call.services.storage.has_table, table):
         raise NotFound(f"table {table} does not exist", code="table_not_found")
+    entities = call.db.export(table, pii_read=call.pii_read)
 
     async def lines() -> AsyncIterator[bytes]:
-        async for pk, entity in iterate_in_threadpool(storage.export(table)):
+        async for pk, entity in iterate_in_threadpool(entities):
             record = {"key": f"{table}:{pk}", "blob": entity}
             yield json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
@@ -236,6 +269,58 @@ async def effective_config(call: Call) -> Response:
     settings = call.services.settings
     # mode="json" renders every SecretStr as "**********"; sources name files, never values.
     return JSONResponse(settings.model_dump(mode="json", by_alias=True))
+
+
+async def get_schema(call: Call) -> Response:
+    return JSONResponse(call.db.schema.model_dump())
+
+
+async def put_schema(call: Call) -> Response:
+    schema = validate(EncryptionSchema, await call.body())
+    lsn = await run_in_threadpool(call.db.set_schema, schema)
+    return JSONResponse({**schema.model_dump(), "lsn": lsn})
+
+
+async def key_status(call: Call) -> Response:
+    envelope = call.db.envelope
+    deks = await run_in_threadpool(call.services.storage.deks)
+    return JSONResponse(
+        {
+            "provider": envelope.provider.name,
+            "master_key": envelope.provider.current_key_id(),
+            "data_keys": [
+                {"table": t, "version": v, "created": c, "wrapped_by": f"v{wrapped_version(w)}"}
+                for t, v, w, c in deks
+            ],
+        }
+    )
+
+
+async def rotate_keys(call: Call) -> Response:
+    provider = call.db.envelope.provider
+    if not isinstance(provider, Rotatable):
+        raise Unprocessable(f"the {provider.name} provider cannot rotate", code="not_rotatable")
+    new_id = await run_in_threadpool(provider.rotate)
+    rewrapped = await run_in_threadpool(call.db.envelope.rewrap_all)
+    await run_in_threadpool(call.db.note_master_key)
+    return JSONResponse({"master_key": new_id, "rewrapped_data_keys": rewrapped})
+
+
+async def reencrypt(call: Call) -> Response:
+    body = validate(ReencryptIn, await call.body())
+    table = check_table(body.table)
+    page = await run_in_threadpool(call.db.reencrypt_page, table, body.after, body.limit)
+    total = await run_in_threadpool(call.services.storage.count, table)
+    return JSONResponse(
+        {
+            "table": table,
+            "processed": page.processed,
+            "rewritten": page.rewritten,
+            "last": page.last,
+            "done": page.done,
+            "total": total,
+        }
+    )
 
 
 ROUTES: tuple[Endpoint, ...] = (
@@ -269,5 +354,32 @@ ROUTES: tuple[Endpoint, ...] = (
     Endpoint("GET", "/admin/security/posture", ADMIN, "The posture rules, evaluated now", posture),
     Endpoint(
         "GET", "/admin/config", ADMIN, "Effective settings, secrets redacted", effective_config
+    ),
+    Endpoint(
+        "GET",
+        "/config/encryption-schema",
+        ADMIN,
+        "Encrypted fields and classifications",
+        get_schema,
+    ),
+    Endpoint(
+        "PUT",
+        "/config/encryption-schema",
+        ADMIN,
+        "Replace the encryption schema",
+        put_schema,
+        EncryptionSchema,
+    ),
+    Endpoint("GET", "/keys", ADMIN, "Master key version and data keys with their ages", key_status),
+    Endpoint(
+        "POST", "/keys/rotate", ADMIN, "New master key version; rewrap every data key", rotate_keys
+    ),
+    Endpoint(
+        "POST",
+        "/keys/reencrypt",
+        ADMIN,
+        "Re-encrypt one page of a table under its newest data key",
+        reencrypt,
+        ReencryptIn,
     ),
 )

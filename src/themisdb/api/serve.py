@@ -17,7 +17,10 @@ from themisdb.api.app import create_app, create_internal_app
 from themisdb.api.auth import Authenticator
 from themisdb.api.metrics import Metrics
 from themisdb.api.routes import Services
+from themisdb.crypto import Envelope
+from themisdb.database import Database
 from themisdb.errors import ThemisError
+from themisdb.keys import KeyProvider, open_provider
 from themisdb.posture import Report
 from themisdb.settings import Settings
 from themisdb.storage import Storage
@@ -41,9 +44,23 @@ class _Server(uvicorn.Server):
 def bind(host: str, port: int, what: str) -> socket.socket:
     """Bind before serving so that a busy port is a clear error, not a half-started server."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family = infos[0][0]
-        sock = socket.create_server((host, port), family=family, reuse_port=False)
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host,
+            port,
+            type=socket.SOCK_STREAM,
+            proto=socket.IPPROTO_TCP,
+            flags=socket.AI_PASSIVE,
+        )[0]
+        # proto must say TCP: asyncio sets TCP_NODELAY on accepted connections only then, and
+        # without it every keep-alive response waits ~40 ms (Nagle meets delayed ACK).
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(2048)
+        except OSError:
+            sock.close()
+            raise
     except OSError as exc:
         raise ListenError(f"cannot listen on {host}:{port} for the {what}: {exc.strerror}") from exc
     sock.set_inheritable(True)
@@ -94,7 +111,19 @@ def serve(settings: Settings, report: Report) -> None:
     tls = server_context(settings)
     storage = Storage(settings.data_dir, sync=settings.sync)
     sockets: list[socket.socket] = []
+    provider: KeyProvider | None = None
+    envelope: Envelope | None = None
     try:
+        # Development creates a missing master key on first start; production never does it
+        # silently (`themisdb keys init`) and refuses to start without one.
+        provider = open_provider(settings, create=not settings.production)
+        _log.info("key provider: %s, master key %s", provider.name, provider.current_key_id())
+        envelope = Envelope(
+            provider, storage, ttl=settings.dek_cache_ttl, debug_dir=settings.debug_enc_dir
+        )
+        database = Database(storage, envelope)
+        database.note_master_key()
+        envelope.start_monitor()
         sockets.append(bind(settings.http_bind_address, settings.http_port, "API"))
         sockets.append(
             bind(settings.health_bind_address, settings.health_port, "internal listener")
@@ -109,7 +138,7 @@ def serve(settings: Settings, report: Report) -> None:
         )
         metrics = Metrics()
         metrics.record_posture(report)
-        services = Services(settings, storage, metrics, Authenticator(settings))
+        services = Services(settings, storage, database, metrics, Authenticator(settings))
         pairs = [
             (_server(create_app(services), tls), sockets[0]),
             (_server(create_internal_app(services)), sockets[1]),
@@ -119,4 +148,8 @@ def serve(settings: Settings, report: Report) -> None:
         for sock in sockets:
             sock.close()
         storage.close()  # after the servers: in-flight writes finish first
+        if provider is not None:
+            if envelope is not None:
+                envelope.stop_monitor()
+            provider.close()
     _log.info("stopped")

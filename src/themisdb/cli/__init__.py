@@ -1,22 +1,36 @@
 """The ``themisdb`` command: serve, check, token generate.
 
 This is the edge: the only place that reads the process environment and builds Settings.
-Exit codes: 0 success; 1 failure (``check``: not production-ready); 78 unusable configuration
-or refused production start (EX_CONFIG).
+Exit codes: 0 success; 1 failure (``check``: not production-ready); 69 the key manager is
+unreachable (EX_UNAVAILABLE); 78 unusable configuration, missing master key or refused
+production start (EX_CONFIG).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import ssl
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from themisdb import __version__
 from themisdb.api.serve import serve as run_server
-from themisdb.errors import EX_CONFIG, ConfigError, ThemisError
+from themisdb.errors import (
+    EX_CONFIG,
+    EX_UNAVAILABLE,
+    ConfigError,
+    KeyProviderUnavailable,
+    MasterKeyMissing,
+    ThemisError,
+)
+from themisdb.keys import open_provider
 from themisdb.posture import (
     RULES,
     default_probes,
@@ -81,6 +95,10 @@ def serve(ctx: click.Context) -> None:
         _fail(f"THEMIS_DATA_DIR={settings.data_dir}: cannot create it ({exc.strerror})", EX_CONFIG)
     try:
         run_server(settings, report)
+    except (ConfigError, MasterKeyMissing) as exc:
+        _fail(f"themisdb: {exc}", EX_CONFIG)
+    except KeyProviderUnavailable as exc:
+        _fail(f"themisdb: {exc}", EX_UNAVAILABLE)
     except ThemisError as exc:
         _fail(f"themisdb: {exc}", 1)
 
@@ -152,3 +170,116 @@ def token() -> None:
 def token_generate() -> None:
     """Print a fresh admin token: 32 random bytes, base64."""
     click.echo(generate_token())
+
+
+@main.group()
+def keys() -> None:
+    """Master keys and data keys (encryption at rest)."""
+
+
+@keys.command("init")
+@click.pass_context
+def keys_init(ctx: click.Context) -> None:
+    """Create the master key in the configured key manager when it has none.
+
+    In the HSM the key is generated inside the token, sensitive and non-extractable; in Vault
+    it is a transit key that cannot be exported. Safe to run twice.
+    """
+    settings = _settings(ctx.obj["config"])
+    try:
+        provider = open_provider(settings, create=True)
+    except KeyProviderUnavailable as exc:
+        _fail(f"themisdb: {exc}", EX_UNAVAILABLE)
+    except ThemisError as exc:
+        _fail(f"themisdb: {exc}", EX_CONFIG)
+    click.echo(f"{provider.name}: master key {provider.current_key_id()} is ready")
+    provider.close()
+
+
+@keys.command("status")
+@click.pass_context
+def keys_status(ctx: click.Context) -> None:
+    """Show the master key version and every data key (asks the running server)."""
+    document = _admin_call(_settings(ctx.obj["config"]), "GET", "/keys")
+    click.echo(f"provider {document['provider']}, master key {document['master_key']}")
+    now = time.time()
+    for dek in document["data_keys"]:
+        age = (now - dek["created"]) / 86400
+        click.echo(
+            f"  {dek['table']}: data key v{dek['version']}, wrapped by {dek['wrapped_by']}, "
+            f"{age:.1f} days old"
+        )
+
+
+@keys.command("rotate")
+@click.pass_context
+def keys_rotate(ctx: click.Context) -> None:
+    """New master key version; every data key is rewrapped (asks the running server)."""
+    document = _admin_call(_settings(ctx.obj["config"]), "POST", "/keys/rotate")
+    click.echo(
+        f"master key is now {document['master_key']}; "
+        f"{document['rewrapped_data_keys']} data key(s) rewrapped"
+    )
+
+
+@keys.command("reencrypt")
+@click.argument("table")
+@click.option("--page", default=500, show_default=True, help="Entities per request.")
+@click.pass_context
+def keys_reencrypt(ctx: click.Context, table: str, page: int) -> None:
+    """Rewrite TABLE's entities under its newest data key, with progress (resumable: each page
+    is committed on its own)."""
+    settings = _settings(ctx.obj["config"])
+    after, rewritten = "", 0
+    first = _admin_call(
+        settings, "POST", "/keys/reencrypt", {"table": table, "after": after, "limit": page}
+    )
+    with click.progressbar(
+        length=max(first["total"], 1), label=f"re-encrypting {table}", file=sys.stderr
+    ) as bar:
+        document = first
+        while True:
+            bar.update(document["processed"])
+            rewritten += document["rewritten"]
+            if document["done"]:
+                break
+            document = _admin_call(
+                settings,
+                "POST",
+                "/keys/reencrypt",
+                {"table": table, "after": document["last"], "limit": page},
+            )
+    click.echo(f"{table}: {rewritten} entit(y/ies) re-encrypted")
+
+
+def _admin_call(
+    settings: Settings, method: str, path: str, body: dict[str, object] | None = None
+) -> dict[str, Any]:
+    """Call the running server's admin API (tokens and TLS as configured)."""
+    host = settings.http_bind_address
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard bind is reached on loopback
+        host = "127.0.0.1"
+    tls = bool(settings.pki_certificate)
+    if tls and settings.service_hostname:
+        host = settings.service_hostname
+    url = f"{'https' if tls else 'http'}://{host}:{settings.http_port}{path}"
+    headers = {"Content-Type": "application/json"}
+    if settings.token_admin is not None:
+        headers["Authorization"] = f"Bearer {settings.token_admin.get_secret_value()}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
+    context = None
+    if tls:
+        context = ssl.create_default_context(cafile=settings.tls_ca or settings.pki_certificate)
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=120) as response:  # noqa: S310
+            result: dict[str, Any] = json.loads(response.read())
+            return result
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("message", exc.reason)
+        except ValueError:
+            message = exc.reason
+        _fail(f"themisdb: the server refused: {exc.code} {message}", 1)
+    except (urllib.error.URLError, OSError) as exc:
+        _fail(f"themisdb: cannot reach the server at {url}: {exc}", EX_UNAVAILABLE)

@@ -15,7 +15,7 @@ from themisdb.posture._model import (
     unverified,
 )
 from themisdb.posture._token import token_weakness
-from themisdb.posture.probes import CERTIFICATES, FILES, VAULT_TOKEN
+from themisdb.posture.probes import CERTIFICATES, FILES, KEY_MANAGER, MASTER_KEY_AGE
 from themisdb.settings import SecretSource
 from themisdb.tls import MAX_VALIDITY_DAYS, CertificateFacts
 
@@ -172,12 +172,40 @@ def _vault_token_short_lived(ctx: Context) -> Outcome:
         return passed(f"token read from a Vault agent sink file ({source.path})")
     if source and source.kind == "config":
         return failed("THEMIS_VAULT_TOKEN is written in the config file: a static token")
-    facts = ctx.probe(VAULT_TOKEN)
-    if facts.error:
-        return failed(f"Vault did not confirm the token: {facts.error}")
-    if facts.ttl_seconds == 0:
-        return failed("the Vault token never expires (a root or periodic-less token)")
-    return passed(f"the Vault token expires in {facts.ttl_seconds} s")
+    facts = ctx.probe(KEY_MANAGER)
+    if facts.token_ttl_seconds is None:
+        return failed(f"Vault did not confirm the token: {facts.error or 'no answer'}")
+    if facts.token_ttl_seconds == 0:
+        return failed("the Vault token never expires (a root or non-expiring token)")
+    return passed(f"the Vault token expires in {facts.token_ttl_seconds} s")
+
+
+def _vault_not_root(ctx: Context) -> Outcome:
+    s = ctx.settings
+    if not s.vault_addr or s.hsm_enabled or s.vault_token is None:
+        return not_applicable("no static Vault token is used")
+    facts = ctx.probe(KEY_MANAGER)
+    if facts.token_is_root is None:
+        return unverified(f"Vault did not say: {facts.error or 'no answer'}")
+    if facts.token_is_root:
+        return failed("the Vault token has the root policy")
+    return passed("the Vault token is not a root token")
+
+
+def _master_key_usable(ctx: Context) -> Outcome:
+    s = ctx.settings
+    if not (s.hsm_enabled or s.vault_addr):
+        return not_applicable("no HSM or Vault (see keys.key_manager)")
+    facts = ctx.probe(KEY_MANAGER)
+    if not facts.reachable:
+        return failed(f"{facts.provider}: unreachable: {facts.error or 'no answer'}")
+    if not facts.key_exists:
+        return failed(f"{facts.provider}: {facts.error or 'no master key'}")
+    if facts.key_protected is not True:
+        what = "extractable" if facts.provider == "pkcs11" else "exportable"
+        return failed(f"{facts.provider}: the master key is {what} (or could not be checked)")
+    what = "sensitive and non-extractable" if facts.provider == "pkcs11" else "not exportable"
+    return passed(f"{facts.provider}: reachable; the master key exists and is {what}")
 
 
 def _vault_agent(ctx: Context) -> Outcome:
@@ -206,6 +234,22 @@ def _rotation_schedule(ctx: Context) -> Outcome:
     if days <= 0:
         return failed("THEMIS_KEY_ROTATION_DAYS=0 disables master key rotation")
     return passed(f"master keys rotate every {days} days")
+
+
+def _master_key_age(ctx: Context) -> Outcome:
+    days = ctx.settings.key_rotation_days
+    if days <= 0:
+        return not_applicable("no rotation schedule (see keys.rotation_schedule)")
+    since = ctx.probe(MASTER_KEY_AGE)
+    if since is None:
+        return unverified("no record of the master key's age yet (the server records it at start)")
+    age = (ctx.now.timestamp() - since) / 86400
+    if age > days:
+        return failed(
+            f"the master key has been in use {age:.0f} days (THEMIS_KEY_ROTATION_DAYS="
+            f"{days}): run `themisdb keys rotate`"
+        )
+    return passed(f"the master key has been in use {age:.0f} of {days} days")
 
 
 def _rotation_90_days(ctx: Context) -> Outcome:

@@ -95,11 +95,16 @@ class CertificateSet:
 
 
 @dataclass(frozen=True)
-class VaultTokenFacts:
-    """What Vault says of the configured token (token lookup-self)."""
+class KeyManagerFacts:
+    """What the key manager (HSM or Vault) says, live. Filled by themisdb.keys.probe."""
 
-    ttl_seconds: int  # 0 means the token never expires
-    renewable: bool
+    provider: str
+    reachable: bool
+    key_exists: bool
+    key_protected: bool | None  # HSM: sensitive and non-extractable; Vault: not exportable
+    sealed: bool | None = None
+    token_ttl_seconds: int | None = None  # Vault: 0 means the token never expires
+    token_is_root: bool | None = None
     error: str | None = None
 
 
@@ -107,8 +112,11 @@ FILES: ProbeKind[FileSystemView] = ProbeKind("files", "stat and read configured 
 CERTIFICATES: ProbeKind[CertificateSet] = ProbeKind(
     "certificates", "parse the configured certificates and keys"
 )
-VAULT_TOKEN: ProbeKind[VaultTokenFacts] = ProbeKind(
-    "vault_token", "ask Vault about the configured token (provided by the Vault key provider)"
+MASTER_KEY_AGE: ProbeKind[float | None] = ProbeKind(
+    "master_key_age", "read when the database started using its newest master key"
+)
+KEY_MANAGER: ProbeKind[KeyManagerFacts] = ProbeKind(
+    "key_manager", "ask the HSM or Vault about the master key and the credentials"
 )
 
 
@@ -137,5 +145,10 @@ class CertificateProbe:
 
 
 def default_probes() -> list[Probe[Any]]:
-    """The probes that need nothing but the local filesystem."""
-    return [FileProbe(), CertificateProbe()]
+    """Every probe: the filesystem, certificates, and the key manager (HSM or Vault)."""
+    from themisdb.keys.probe import (  # noqa: PLC0415 - keys imports posture
+        KeyManagerProbe,
+        MasterKeyAgeProbe,
+    )
+
+    return [FileProbe(), CertificateProbe(), KeyManagerProbe(), MasterKeyAgeProbe()]

@@ -226,6 +226,19 @@ class Settings(BaseModel):
     hsm_session_pool: int = Field(
         4, ge=1, le=1024, alias="THEMIS_HSM_SESSION_POOL", description="PKCS#11 sessions to keep"
     )
+    hsm_library: str = Field(
+        "/usr/lib/softhsm/libsofthsm2.so",
+        alias="THEMIS_HSM_LIBRARY",
+        description="PKCS#11 module (default: SoftHSM2's)",
+    )
+    hsm_token_label: str = Field(
+        "themisdb", alias="THEMIS_HSM_TOKEN_LABEL", description="label of the PKCS#11 token"
+    )
+    hsm_key_label: str = Field(
+        "themisdb-master",
+        alias="THEMIS_HSM_KEY_LABEL",
+        description="label prefix of the master key objects (versions are -v1, -v2, ...)",
+    )
     vault_addr: str | None = Field(
         None, alias="THEMIS_VAULT_ADDR", description="HashiCorp Vault address (transit engine)"
     )
@@ -236,6 +249,17 @@ class Settings(BaseModel):
     )
     vault_transit_mount: str = Field(
         "transit", alias="THEMIS_VAULT_TRANSIT_MOUNT", description="mount path of transit"
+    )
+    vault_transit_key: str | None = Field(
+        None,
+        alias="THEMIS_VAULT_TRANSIT_KEY",
+        description="transit key name (default: themisdb-<THEMIS_CLUSTER_ID>)",
+    )
+    dek_cache_ttl: float = Field(
+        300,
+        ge=0,
+        alias="THEMIS_DEK_CACHE_TTL",
+        description="seconds an unwrapped data key stays cached in memory",
     )
     key_rotation_days: int = Field(
         90,

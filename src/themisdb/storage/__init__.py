@@ -10,6 +10,7 @@ from themisdb.storage.engine import (
     delete_op,
     encode_entity,
     put_op,
+    read_meta,
     record_crc,
 )
 from themisdb.storage.query import Explain, Order, Predicate, Query, QueryResult, Range
@@ -33,5 +34,6 @@ __all__ = [
     "encode_entity",
     "parse_key",
     "put_op",
+    "read_meta",
     "record_crc",
 ]

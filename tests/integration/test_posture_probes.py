@@ -1,0 +1,72 @@
+"""Posture rules whose both outcomes need a real key manager: SoftHSM2 and OpenBao."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import write_secret
+from tests.unit.test_posture_rules import PROBED_IN_INTEGRATION
+from themisdb.keys import open_provider
+from themisdb.posture import RULES, Outcome, Status, default_probes, evaluate
+from themisdb.settings import load_settings
+
+pytestmark = pytest.mark.integration
+BY_ID = {rule.id: rule for rule in RULES}
+
+
+def outcome(rule_id: str, env: dict[str, str]) -> Outcome:
+    report = evaluate(load_settings(env), default_probes(), rules=[BY_ID[rule_id]])
+    return report.findings[0].outcome
+
+
+def with_key(env: dict[str, str]) -> dict[str, str]:
+    open_provider(load_settings(env), create=True).close()
+    return env
+
+
+def test_hsm_master_key_usable(softhsm: Any, tmp_path: Path) -> None:
+    env = {**softhsm.env(tmp_path), "THEMIS_HSM_KEY_LABEL": "posture-probe"}
+    missing = outcome("keys.master_key_usable", env)
+    assert missing.status is Status.FAIL
+    assert "keys init" in missing.detail
+    ok = outcome("keys.master_key_usable", with_key(env))
+    assert ok.status is Status.PASS, ok.detail
+    assert "non-extractable" in ok.detail
+    wrong_pin = {**env, "THEMIS_HSM_PIN_FILE": str(write_secret(tmp_path, "bad", "000000"))}
+    refused = outcome("keys.master_key_usable", wrong_pin)
+    assert refused.status is Status.FAIL
+    assert "000000" not in refused.detail
+
+
+def test_vault_master_key_usable_and_sealed(openbao: Any, tmp_path: Path) -> None:
+    env = with_key(openbao.env(tmp_path))
+    ok = outcome("keys.master_key_usable", env)
+    assert ok.status is Status.PASS, ok.detail
+    with openbao.sealed():
+        sealed = outcome("keys.master_key_usable", env)
+    assert sealed.status is Status.FAIL
+
+
+def test_vault_token_rules_use_the_live_token(openbao: Any, tmp_path: Path) -> None:
+    env = with_key(openbao.env(tmp_path))
+    scoped = Path(env.pop("THEMIS_VAULT_TOKEN_FILE")).read_text().strip()
+    static = {**env, "THEMIS_VAULT_TOKEN": scoped}
+    short = outcome("keys.vault_token_short_lived", static)
+    assert short.status is Status.PASS, short.detail
+    assert "expires in" in short.detail
+    assert outcome("keys.vault_not_root", static).status is Status.PASS
+    root = {**env, "THEMIS_VAULT_TOKEN": openbao.root_token}
+    forever = outcome("keys.vault_token_short_lived", root)
+    assert forever.status is Status.FAIL
+    assert "never expires" in forever.detail
+    assert outcome("keys.vault_not_root", root).status is Status.FAIL
+    for result in (short, forever):
+        assert scoped not in result.detail
+        assert openbao.root_token not in result.detail
+
+
+def test_every_probed_rule_is_covered_here() -> None:
+    assert {"keys.master_key_usable", "keys.vault_not_root"} == PROBED_IN_INTEGRATION
