@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the test suite needs (real services, not mocks).
-TEST_DEB_PACKAGES := softhsm2
+TEST_DEB_PACKAGES := softhsm2 rsyslog rsyslog-gnutls
 
 .PHONY: run test lint lock check-docs clean
 

@@ -12,8 +12,8 @@ from tests.helpers import ServerProcess
 from themisdb.keys import open_provider
 from themisdb.settings import load_settings
 
-# Real services started once per session (SoftHSM2 token, OpenBao server).
-pytest_plugins = ["tests.services.softhsm", "tests.services.openbao"]
+# Real services started once per session (SoftHSM2 token, OpenBao server, rsyslog).
+pytest_plugins = ["tests.services.softhsm", "tests.services.openbao", "tests.services.rsyslog"]
 
 
 @pytest.fixture

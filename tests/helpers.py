@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from themisdb.audit import Signer
 from themisdb.posture import generate_token
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,6 +114,9 @@ logging:
       - type: syslog
         server: 127.0.0.1:6514
         protocol: tcp
+    signing:
+      enabled: true
+      algorithm: ECDSA-P256
 """
 
 
@@ -124,7 +128,11 @@ def hardened_env(directory: Path, key_manager: Mapping[str, str] | None = None) 
     cert, key = write_cert(directory, "server")
     config = directory / "themis.yaml"
     config.write_text(AUDIT_SYSLOG_YAML)
+    signing_key = directory / "audit-signing.pem"
+    if not signing_key.exists():
+        Signer.create(signing_key)
     return {
+        "THEMIS_AUDIT_SIGNING_KEY_FILE": str(signing_key),
         "THEMIS_PRODUCTION_MODE": "1",
         "THEMIS_ENVIRONMENT": "production",
         "THEMIS_TOKEN_ADMIN_FILE": str(write_secret(directory, "admin-token", generate_token())),

@@ -14,6 +14,7 @@
     ├── IntegrityError         ciphertext or wrapped key failed authentication (one message)
     ├── KeyProviderUnavailable the key manager cannot be reached or refused (503)
     ├── MasterKeyMissing       the key manager has no master key (run `themisdb keys init`)
+    ├── AuditUnavailable       block mode: no audit sink can write, the request is refused (503)
     ├── StorageError           the storage engine failed (503; clients see no detail)
     └── InternalError          a bug; clients see only an id
 
@@ -107,6 +108,10 @@ class KeyProviderUnavailable(ThemisError):
 
 class MasterKeyMissing(ThemisError):
     """The key manager holds no master key for this cluster."""
+
+
+class AuditUnavailable(ThemisError):
+    """``on_failure: block`` and no audit sink can take an event: nothing may happen."""
 
 
 class StorageError(ThemisError):

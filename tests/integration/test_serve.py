@@ -61,6 +61,7 @@ def _default_pin(env: dict[str, str], tmp: Path) -> None:
 def _no_syslog(env: dict[str, str], tmp: Path) -> None:
     Path(env["THEMIS_CONFIG"]).write_text(
         "logging:\n  audit:\n    outputs:\n      - type: file\n        path: /tmp/a.log\n"
+        "    signing:\n      enabled: true\n"
     )
 
 
@@ -113,6 +114,11 @@ VIOLATIONS: list[tuple[str, str, Mutation]] = [
     ("debug.enc_dir", "THEMIS_DEBUG_ENC_DIR", _set(THEMIS_DEBUG_ENC_DIR="/tmp/enc")),
     ("debug.pki", "THEMIS_DEBUG_PKI", _set(THEMIS_DEBUG_PKI="/tmp/keylog")),
     ("audit.external_sink", "logging.audit", _no_syslog),
+    (
+        "audit.signed_chain",
+        "THEMIS_AUDIT_SIGNING_KEY_FILE",
+        _unset("THEMIS_AUDIT_SIGNING_KEY_FILE"),
+    ),
     ("secrets.injected_from_store", "THEMIS_VAULT_TOKEN", _secret_in_config),
 ]
 

@@ -19,6 +19,7 @@ from tests.helpers import (
     write_cert,
     write_secret,
 )
+from themisdb.audit import Signer
 from themisdb.posture import (
     RULES,
     Context,
@@ -76,6 +77,14 @@ def master_key_used_since(tmp: Path, days_ago: float) -> dict[str, str]:
     finally:
         storage.close()
     return {"THEMIS_DATA_DIR": str(tmp / "data")}
+
+
+def signed(tmp: Path) -> dict[str, str]:
+    Signer.create(tmp / "audit.pem")
+    return {
+        **config_file(tmp, "logging: {audit: {signing: {enabled: true}}}\n"),
+        "THEMIS_AUDIT_SIGNING_KEY_FILE": str(tmp / "audit.pem"),
+    }
 
 
 def config_file(tmp: Path, text: str) -> dict[str, str]:
@@ -365,6 +374,21 @@ CASES: list[tuple[str, Status, Env, str]] = [
         lambda t: config_file(t, "logging:\n  audit:\n    enabled: false\n"),
         "enabled is false",
     ),
+    ("audit.signed_chain", Status.PASS, signed, "ECDSA P-256"),
+    ("audit.signed_chain", Status.FAIL, lambda t: {}, "not signed"),
+    (
+        "audit.signed_chain",
+        Status.FAIL,
+        lambda t: config_file(t, "logging: {audit: {signing: {enabled: true}}}\n"),
+        "THEMIS_AUDIT_SIGNING_KEY_FILE",
+    ),
+    (
+        "audit.block_on_failure",
+        Status.PASS,
+        lambda t: config_file(t, "logging: {audit: {on_failure: block}}\n"),
+        "block",
+    ),
+    ("audit.block_on_failure", Status.FAIL, lambda t: {}, "spool"),
     ("health.internal_bind", Status.PASS, lambda t: {}, "internal"),
     (
         "health.internal_bind",
@@ -478,6 +502,7 @@ def test_should_severity_only_where_the_spec_recommends() -> None:
         "health.internal_bind",  # "bound to an internal-only address if possible"
         "storage.durable_commits",  # not a spec item: our own durability switch, a warning
         "keys.vault_not_root",  # the spec prefers Vault agent / scoped tokens: a warning
+        "audit.block_on_failure",  # not a spec item: the "production should use" block
     }
 
 

@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -15,11 +16,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from themisdb.api.auth import require
+from themisdb.api.auth import fingerprint, require
 from themisdb.api.errors import EXCEPTION_HANDLERS
 from themisdb.api.routes import ROUTES, Call, Endpoint, Services
+from themisdb.audit import AuditBroker
 from themisdb.errors import (
+    AuditUnavailable,
     ClientError,
+    Forbidden,
     IntegrityError,
     KeyProviderUnavailable,
     PayloadTooLarge,
@@ -45,21 +49,120 @@ def _security_event(services: Services, exc: ClientError) -> None:
 def _wrap(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
         request.scope["themis.route"] = endpoint.path
+        audit = _RequestAudit(services.audit, request, endpoint)
         try:
-            principal = services.auth.authenticate(request)
-            require(principal, endpoint.scope)
-            return await endpoint.handler(Call(request, principal, services))
+            try:
+                principal = services.auth.authenticate(request)
+            except Unauthorized as exc:
+                audit.add("authentication", "authenticate", outcome="failure", reason=exc.code)
+                await audit.aflush()
+                raise
+            audit.actor = f"{principal.name}:{principal.fingerprint}"
+            audit.add("authentication", "authenticate")
+            try:
+                require(principal, endpoint.scope)
+            except Forbidden as exc:
+                audit.add("authorization", "authorize", outcome="denied", reason=exc.code)
+                await audit.aflush()
+                raise
+            audit.add("authorization", "authorize", outcome="granted")
+            if audit.broker is not None and audit.broker.block and not audit.broker.available:
+                # Nothing happens that is not audited: refuse before doing anything.
+                raise AuditUnavailable("no audit sink can write")
+            call = Call(request, principal, services)
+            try:
+                response = await endpoint.handler(call)
+            except ClientError as exc:
+                audit.extend(call.events, outcome="failure", reason=exc.code)
+                raise
+            except (KeyProviderUnavailable, IntegrityError, StorageError) as exc:
+                audit.extend(call.events, outcome="error", reason=type(exc).__name__)
+                audit.add(
+                    "security",
+                    _SECURITY_ACTIONS.get(type(exc), "error"),
+                    outcome="error",
+                    reason=type(exc).__name__,
+                )
+                raise
+            audit.extend(call.events, outcome="success")
+            await audit.aflush()
+            return response
         except ClientError as exc:
             _security_event(services, exc)
+            await audit.aflush()
             raise
         except KeyProviderUnavailable:
             services.metrics.security_event("security", "key_provider_error")
+            await audit.aflush()
             raise
         except IntegrityError:
             services.metrics.security_event("security", "integrity_failure")
+            await audit.aflush()
+            raise
+        except Exception:
+            await audit.aflush()
             raise
 
     return handle
+
+
+_SECURITY_ACTIONS: dict[type[Exception], str] = {
+    KeyProviderUnavailable: "key_provider.error",
+    IntegrityError: "integrity.failure",
+    StorageError: "storage.error",
+}
+
+
+class _RequestAudit:
+    """Collects one request's audit events and writes them together (one fsync)."""
+
+    def __init__(self, broker: AuditBroker | None, request: Request, endpoint: Endpoint) -> None:
+        self.broker = broker
+        self.actor = fingerprint(request.headers.get("authorization"))
+        self.source = request.client.host if request.client else "-"
+        self.request_id = str(request.scope.get("themis.request_id", "-"))
+        self.route = f"{endpoint.method} {endpoint.path}"
+        self.events: list[dict[str, Any]] = []
+
+    def add(
+        self,
+        category: str,
+        action: str,
+        *,
+        outcome: str = "success",
+        reason: str | None = None,
+        resource: Any = None,
+    ) -> None:
+        self.events.append(
+            {
+                "category": category,
+                "action": action,
+                "outcome": outcome,
+                "reason": reason,
+                "resource": resource if resource is not None else {"route": self.route},
+                "actor": self.actor,
+                "source": self.source,
+                "request_id": self.request_id,
+            }
+        )
+
+    def extend(
+        self, events: list[dict[str, Any]], *, outcome: str, reason: str | None = None
+    ) -> None:
+        for event in events:
+            self.add(
+                event["category"],
+                event["action"],
+                outcome=outcome,
+                reason=reason,
+                resource=event["resource"],
+            )
+
+    async def aflush(self) -> None:
+        """Write the collected events off the event loop (the file sink fsyncs)."""
+        if self.broker is not None and self.events:
+            events, self.events = self.events, []
+            await run_in_threadpool(self.broker.emit_many, events)
 
 
 class _Observe:
@@ -123,6 +226,9 @@ def create_internal_app(services: Services) -> Starlette:
             checks["storage"] = str(exc)
         health = await run_in_threadpool(services.db.envelope.check_health)
         checks["key_provider"] = "ok" if health.ok else health.detail
+        broker = services.audit
+        if broker is not None and broker.block:
+            checks["audit"] = "ok" if broker.available else "no audit sink can write"
         healthy = all(value == "ok" for value in checks.values())
         return JSONResponse(
             {"status": "ready" if healthy else "unavailable", "checks": checks},

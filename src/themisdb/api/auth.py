@@ -19,9 +19,10 @@ from themisdb.settings import Settings
 DATA_READ = "data:read"
 DATA_WRITE = "data:write"
 PII_READ = "pii:read"  # see fields classified pii/restricted unmasked
+AUDIT_READ = "audit:read"
 ADMIN = "admin"
 AUTHENTICATED = "authenticated"  # any valid credential
-ALL_SCOPES = frozenset({DATA_READ, DATA_WRITE, PII_READ, ADMIN})
+ALL_SCOPES = frozenset({DATA_READ, DATA_WRITE, PII_READ, AUDIT_READ, ADMIN})
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,22 @@ class Authenticator:
                 match = credential
         if match is None:
             raise Unauthorized("the token is not valid", code="invalid_token")
-        return Principal(match.name, match.scopes, digest.hex()[:12])
+        return Principal(match.name, match.scopes, "token:" + digest.hex()[:12])
 
 
 def require(principal: Principal, scope: str) -> None:
     if not principal.allows(scope):
         raise Forbidden(f"this endpoint needs scope {scope}", code="insufficient_scope")
+
+
+def fingerprint(header: str | None) -> str:
+    """Who tried, for audit events: the fingerprint of a presented token (never the token)."""
+    if not header:
+        return "anonymous"
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return "malformed"
+    return "token:" + _digest(token.strip()).hex()[:12]
 
 
 def _digest(token: str) -> bytes:

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from themisdb.errors import (
+    AuditUnavailable,
     ClientError,
     IntegrityError,
     KeyProviderUnavailable,
@@ -79,6 +80,14 @@ async def integrity_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def audit_error(request: Request, exc: Exception) -> Response:
+    return error_response(
+        503,
+        "audit_unavailable",
+        "no audit sink can record this request, so it was not carried out. Retry later.",
+    )
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     _log.error("internal error (request %s)", _request_id(request), exc_info=exc)
     return error_response(
@@ -91,6 +100,7 @@ EXCEPTION_HANDLERS = {
     HTTPException: http_error,
     StorageError: storage_error,
     KeyProviderUnavailable: key_provider_error,
+    AuditUnavailable: audit_error,
     IntegrityError: integrity_error,
     Exception: internal_error,
 }

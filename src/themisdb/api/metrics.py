@@ -6,8 +6,11 @@ input or secrets.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from themisdb.audit import CATEGORIES, AuditBroker
 from themisdb.posture import Report
 
 # (category, event) pairs that exist from the start, so that dashboards and alerts see zeros.
@@ -53,6 +56,44 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
 
+    def watch_audit(self, broker: AuditBroker) -> None:
+        """Audit metrics: events by category, sink failures, spool depth, checkpoint age."""
+        self.audit_events = Counter(
+            "themisdb_audit_events",
+            "Audit events written, by category.",
+            ["category"],
+            registry=self.registry,
+        )
+        for category in CATEGORIES:
+            self.audit_events.labels(category)
+        self.audit_sink_failures = Counter(
+            "themisdb_audit_sink_failures",
+            "Writes an audit sink could not take (spooled).",
+            ["sink"],
+            registry=self.registry,
+        )
+        spool = Gauge(
+            "themisdb_audit_spool_depth",
+            "Records waiting in a sink's spool.",
+            ["sink"],
+            registry=self.registry,
+        )
+        for name in broker.spool_depths():
+            self.audit_sink_failures.labels(name)
+            spool.labels(name).set_function(_depth_of(broker, name))
+        age = Gauge(
+            "themisdb_audit_last_checkpoint_age_seconds",
+            "Seconds since the last signed audit checkpoint.",
+            registry=self.registry,
+        )
+        age.set_function(broker.checkpoint_age)
+
+    def audit_events_inc(self, category: str) -> None:
+        self.audit_events.labels(category).inc()
+
+    def audit_sink_failed(self, sink: str) -> None:
+        self.audit_sink_failures.labels(sink).inc()
+
     def security_event(self, category: str, event: str, amount: int = 1) -> None:
         self.security_events.labels(category, event).inc(amount)
 
@@ -66,3 +107,7 @@ class Metrics:
                 )
         if report.blocking:
             self.security_event("security", "posture_violation", len(report.blocking))
+
+
+def _depth_of(broker: AuditBroker, name: str) -> Callable[[], float]:
+    return lambda: float(broker.spool_depths()[name])

@@ -6,10 +6,13 @@ Handlers translate HTTP to storage calls and back; they hold no business logic.
 from __future__ import annotations
 
 import asyncio
+import csv
 import functools
+import io
+import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -21,6 +24,7 @@ from themisdb import __version__
 from themisdb.api._body import read_json, validate
 from themisdb.api.auth import (
     ADMIN,
+    AUDIT_READ,
     AUTHENTICATED,
     DATA_READ,
     DATA_WRITE,
@@ -30,6 +34,7 @@ from themisdb.api.auth import (
 )
 from themisdb.api.metrics import Metrics
 from themisdb.api.models import BatchIn, EntityIn, IndexIn, QueryIn, ReencryptIn
+from themisdb.audit import AuditBroker
 from themisdb.crypto import EncryptionSchema, wrapped_version
 from themisdb.database import Database
 from themisdb.errors import NotFound, Unprocessable
@@ -58,6 +63,7 @@ class Services:
     db: Database
     metrics: Metrics
     auth: Authenticator
+    audit: AuditBroker | None = None
 
 
 @dataclass
@@ -65,6 +71,12 @@ class Call:
     request: Request
     principal: Principal
     services: Services
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, category: str, action: str, resource: Any) -> None:
+        """An audit event of this request (keys and counts, never values); written, with the
+        request's outcome, once the handler has finished."""
+        self.events.append({"category": category, "action": action, "resource": resource})
 
     async def body(self) -> Any:
         return await read_json(self.request, self.services.settings.max_body_bytes)
@@ -111,6 +123,7 @@ def _object(value: Any, where: str) -> dict[str, Any]:
 async def put_entity(call: Call) -> Response:
     table, pk = parse_key(call.request.path_params["key"])
     entity = _object(await call.body(), "the entity")
+    call.record("data_access", "write", {"table": table, "key": pk})
     op = await run_in_threadpool(call.db.put_op, table, pk, entity)
     (lsn,) = await call.write([op])
     return _entity_response(f"{table}:{pk}", lsn)
@@ -119,6 +132,7 @@ async def put_entity(call: Call) -> Response:
 async def post_entity(call: Call) -> Response:
     item = validate(EntityIn, await call.body())
     table, pk = parse_key(item.key)
+    call.record("data_access", "write", {"table": table, "key": pk})
     op = await run_in_threadpool(call.db.put_op, table, pk, item.blob)
     (lsn,) = await call.write([op])
     return _entity_response(f"{table}:{pk}", lsn)
@@ -126,6 +140,7 @@ async def post_entity(call: Call) -> Response:
 
 async def get_entity(call: Call) -> Response:
     table, pk = parse_key(call.request.path_params["key"])
+    call.record("data_access", "read", {"table": table, "key": pk})
     entity = await run_in_threadpool(
         functools.partial(call.db.get, table, pk, pii_read=call.pii_read)
     )
@@ -136,6 +151,7 @@ async def get_entity(call: Call) -> Response:
 
 async def delete_entity(call: Call) -> Response:
     table, pk = parse_key(call.request.path_params["key"])
+    call.record("data_access", "delete", {"table": table, "key": pk})
     (lsn,) = await call.write([call.db.delete_op(table, pk)])
     if lsn is None:
         raise NotFound(f"no entity {table}:{pk}", code="entity_not_found")
@@ -157,6 +173,8 @@ async def batch_put(call: Call) -> Response:
             for (table, pk), item in zip(keys, batch.entities, strict=True)
         ]
 
+    tables = sorted({table for table, _ in keys})
+    call.record("data_access", "write", {"tables": tables, "count": len(keys)})
     lsns = await call.write(await run_in_threadpool(seal))
     return JSONResponse({"written": len(lsns), "first_lsn": lsns[0], "last_lsn": lsns[-1]})
 
@@ -188,6 +206,7 @@ async def query(call: Call) -> Response:
             pii_read=call.pii_read,
         )
     )
+    call.record("data_access", "query", {"table": table, "count": len(result.keys)})
     payload: dict[str, Any] = {"table": table, "count": len(result.keys)}
     if shown is None:
         payload["keys"] = result.keys
@@ -209,6 +228,7 @@ async def create_index(call: Call) -> Response:
     body = validate(IndexIn, await call.body())
     table, column = check_table(body.table), check_field(body.column)
     call.db.check_index(table, column)
+    call.record("administrative", "index.create", {"table": table, "column": column})
     (lsn,) = await call.write([Op("create_index", table, column)])
     return JSONResponse({"table": table, "column": column, "lsn": lsn}, status_code=201)
 
@@ -216,6 +236,7 @@ async def create_index(call: Call) -> Response:
 async def drop_index(call: Call) -> Response:
     body = validate(IndexIn, await call.body())
     table, column = check_table(body.table), check_field(body.column)
+    call.record("administrative", "index.drop", {"table": table, "column": column})
     (lsn,) = await call.write([Op("drop_index", table, column)])
     return JSONResponse({"table": table, "column": column, "dropped": True, "lsn": lsn})
 
@@ -237,6 +258,7 @@ async def export_table(call: Call) -> Response:
     if not await run_in_threadpool(call.services.storage.has_table, table):
         raise NotFound(f"table {table} does not exist", code="table_not_found")
     entities = call.db.export(table, pii_read=call.pii_read)
+    call.record("data_access", "export", {"table": table})
 
     async def lines() -> AsyncIterator[bytes]:
         async for pk, entity in iterate_in_threadpool(entities):
@@ -261,12 +283,14 @@ async def openapi(call: Call) -> Response:
 
 
 async def posture(call: Call) -> Response:
+    call.record("administrative", "posture.read", None)
     report = await run_in_threadpool(evaluate, call.services.settings, default_probes())
     return Response(render.as_json(report), media_type="application/json")
 
 
 async def effective_config(call: Call) -> Response:
     settings = call.services.settings
+    call.record("administrative", "config.read", None)
     # mode="json" renders every SecretStr as "**********"; sources name files, never values.
     return JSONResponse(settings.model_dump(mode="json", by_alias=True))
 
@@ -277,6 +301,7 @@ async def get_schema(call: Call) -> Response:
 
 async def put_schema(call: Call) -> Response:
     schema = validate(EncryptionSchema, await call.body())
+    call.record("administrative", "schema.change", {"tables": sorted(schema.tables)})
     lsn = await run_in_threadpool(call.db.set_schema, schema)
     return JSONResponse({**schema.model_dump(), "lsn": lsn})
 
@@ -300,6 +325,7 @@ async def rotate_keys(call: Call) -> Response:
     provider = call.db.envelope.provider
     if not isinstance(provider, Rotatable):
         raise Unprocessable(f"the {provider.name} provider cannot rotate", code="not_rotatable")
+    call.record("administrative", "key.rotate", {"provider": provider.name})
     new_id = await run_in_threadpool(provider.rotate)
     rewrapped = await run_in_threadpool(call.db.envelope.rewrap_all)
     await run_in_threadpool(call.db.note_master_key)
@@ -309,6 +335,7 @@ async def rotate_keys(call: Call) -> Response:
 async def reencrypt(call: Call) -> Response:
     body = validate(ReencryptIn, await call.body())
     table = check_table(body.table)
+    call.record("administrative", "key.reencrypt", {"table": table, "after": body.after})
     page = await run_in_threadpool(call.db.reencrypt_page, table, body.after, body.limit)
     total = await run_in_threadpool(call.services.storage.count, table)
     return JSONResponse(
@@ -321,6 +348,81 @@ async def reencrypt(call: Call) -> Response:
             "total": total,
         }
     )
+
+
+_AUDIT_FILTERS = ("category", "actor", "outcome", "action")
+
+
+def _audit_events(call: Call) -> Iterator[dict[str, Any]]:
+    broker = call.services.audit
+    if broker is None:
+        raise NotFound("audit logging is disabled", code="audit_disabled")
+    params = call.request.query_params
+    wanted = {k: params[k] for k in _AUDIT_FILTERS if k in params}
+    since, until = params.get("since"), params.get("until")
+    for event in broker.read_events():
+        if any(str(event.get(k)) != v for k, v in wanted.items()):
+            continue
+        # RFC 3339 UTC with a fixed width: string order is time order.
+        if (since and event["time"] < since) or (until and event["time"] > until):
+            continue
+        yield event
+
+
+async def audit_query(call: Call) -> Response:
+    limit = call.request.query_params.get("limit", "1000")
+    if not limit.isdigit() or not 1 <= int(limit) <= 10000:
+        raise Unprocessable("limit is 1..10000", code="invalid_query")
+    call.record("data_access", "audit.read", None)
+    events = await run_in_threadpool(
+        lambda: list(itertools.islice(_audit_events(call), int(limit) + 1))
+    )
+    truncated = len(events) > int(limit)
+    return JSONResponse({"events": events[: int(limit)], "truncated": truncated})
+
+
+_CSV_COLUMNS = (
+    "seq",
+    "time",
+    "node",
+    "category",
+    "action",
+    "actor",
+    "source",
+    "resource",
+    "outcome",
+    "reason",
+    "request_id",
+    "prev_hash",
+    "hash",
+)
+
+
+async def audit_export(call: Call) -> Response:
+    kind = call.request.query_params.get("format", "ndjson")
+    if kind not in ("ndjson", "csv"):
+        raise Unprocessable("format is ndjson or csv", code="invalid_query")
+    call.record("data_access", "audit.export", {"format": kind})
+    events = _audit_events(call)
+
+    async def lines() -> AsyncIterator[bytes]:
+        if kind == "csv":
+            yield (",".join(_CSV_COLUMNS) + "\r\n").encode()
+        async for event in iterate_in_threadpool(events):
+            if kind == "ndjson":
+                yield json.dumps(event, ensure_ascii=False).encode() + b"\n"
+            else:
+                out = io.StringIO()
+                csv.writer(out).writerow(
+                    json.dumps(event.get(c))
+                    if isinstance(event.get(c), dict | list)
+                    else event.get(c)
+                    for c in _CSV_COLUMNS
+                )
+                yield out.getvalue().encode()
+
+    media = "text/csv" if kind == "csv" else "application/x-ndjson"
+    return StreamingResponse(lines(), media_type=media)
 
 
 ROUTES: tuple[Endpoint, ...] = (
@@ -373,6 +475,15 @@ ROUTES: tuple[Endpoint, ...] = (
     Endpoint("GET", "/keys", ADMIN, "Master key version and data keys with their ages", key_status),
     Endpoint(
         "POST", "/keys/rotate", ADMIN, "New master key version; rewrap every data key", rotate_keys
+    ),
+    Endpoint("GET", "/api/audit", AUDIT_READ, "Audit events, filtered", audit_query),
+    Endpoint(
+        "GET",
+        "/api/audit/export",
+        AUDIT_READ,
+        "Audit events as NDJSON or CSV",
+        audit_export,
+        media="application/x-ndjson",
     ),
     Endpoint(
         "POST",

@@ -8,7 +8,7 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -17,6 +17,8 @@ from themisdb.api.app import create_app, create_internal_app
 from themisdb.api.auth import Authenticator
 from themisdb.api.metrics import Metrics
 from themisdb.api.routes import Services
+from themisdb.audit import AuditBroker
+from themisdb.audit.setup import build_broker
 from themisdb.crypto import Envelope
 from themisdb.database import Database
 from themisdb.errors import ThemisError
@@ -85,8 +87,15 @@ def _server(app: ASGIApp, tls: ssl.SSLContext | None = None) -> _Server:
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-async def _serve(pairs: list[tuple[_Server, socket.socket]], early: list[int]) -> None:
+async def _serve(
+    pairs: list[tuple[_Server, socket.socket]],
+    early: list[int],
+    on_hangup: Callable[[], None] | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
+    if on_hangup is not None:
+        # SIGHUP: an external tool rotated the logs; reopen them off the event loop.
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, on_hangup))
 
     def stop() -> None:
         _log.info("shutting down")
@@ -98,6 +107,26 @@ async def _serve(pairs: list[tuple[_Server, socket.socket]], early: list[int]) -
     if early:  # a stop signal arrived while the listeners were being set up
         stop()
     await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in pairs))
+
+
+def _startup_events(audit: AuditBroker, report: Report, provider: str) -> None:
+    audit.emit(
+        "administrative",
+        "server.start",
+        outcome="success",
+        resource={
+            "mode": "production" if report.production else "development",
+            "key_provider": provider,
+        },
+    )
+    for finding in report.blocking:  # only possible in development: production refused
+        audit.emit(
+            "security",
+            "posture.violation",
+            outcome="warning",
+            resource={"rule": finding.rule.id},
+            reason=finding.outcome.detail,
+        )
 
 
 def serve(settings: Settings, report: Report) -> None:
@@ -112,6 +141,7 @@ def serve(settings: Settings, report: Report) -> None:
     storage = Storage(settings.data_dir, sync=settings.sync)
     sockets: list[socket.socket] = []
     provider: KeyProvider | None = None
+    audit: AuditBroker | None = None
     envelope: Envelope | None = None
     try:
         # Development creates a missing master key on first start; production never does it
@@ -138,16 +168,26 @@ def serve(settings: Settings, report: Report) -> None:
         )
         metrics = Metrics()
         metrics.record_posture(report)
-        services = Services(settings, storage, database, metrics, Authenticator(settings))
+        audit = build_broker(settings)
+        if audit is not None:
+            metrics.watch_audit(audit)
+            audit._on_event = metrics.audit_events_inc
+            audit._on_sink_failure = metrics.audit_sink_failed
+            audit.start()
+            _startup_events(audit, report, provider.name)
+        services = Services(settings, storage, database, metrics, Authenticator(settings), audit)
         pairs = [
             (_server(create_app(services), tls), sockets[0]),
             (_server(create_internal_app(services)), sockets[1]),
         ]
-        asyncio.run(_serve(pairs, early))
+        asyncio.run(_serve(pairs, early, audit.reopen if audit is not None else None))
     finally:
         for sock in sockets:
             sock.close()
         storage.close()  # after the servers: in-flight writes finish first
+        if audit is not None:
+            audit.emit("administrative", "server.stop", outcome="success")
+            audit.close()  # the final signed checkpoint
         if provider is not None:
             if envelope is not None:
                 envelope.stop_monitor()

@@ -22,6 +22,8 @@ import click
 
 from themisdb import __version__
 from themisdb.api.serve import serve as run_server
+from themisdb.audit import load_public_key, verify
+from themisdb.audit.setup import signer_for
 from themisdb.errors import (
     EX_CONFIG,
     EX_UNAVAILABLE,
@@ -283,3 +285,57 @@ def _admin_call(
         _fail(f"themisdb: the server refused: {exc.code} {message}", 1)
     except (urllib.error.URLError, OSError) as exc:
         _fail(f"themisdb: cannot reach the server at {url}: {exc}", EX_UNAVAILABLE)
+
+
+@main.group()
+def audit() -> None:
+    """The audit chain: verification and the verification key."""
+
+
+@audit.command("verify")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--public-key",
+    "public_key",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="PEM public key of the checkpoint signer (`themisdb audit public-key`).",
+)
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Accept events after the last checkpoint (a file the server still writes).",
+)
+def audit_verify(files: tuple[str, ...], public_key: str, live: bool) -> None:
+    """Verify an audit chain spread over FILES (oldest first; rotated files, then the current).
+
+    Exit 0 when intact; 1 naming the first bad seq when anything was modified, deleted,
+    inserted, reordered or truncated after the last checkpoint, or signed by another key.
+    """
+    try:
+        key = load_public_key(Path(public_key))
+    except (OSError, ValueError) as exc:
+        _fail(f"themisdb: --public-key {public_key}: not a PEM ECDSA public key ({exc})", 2)
+    try:
+        verdict = verify([Path(f) for f in files], key, live=live)
+    except OSError as exc:
+        _fail(f"themisdb: cannot read {exc.filename}: {exc.strerror}", 2)
+    if verdict.ok:
+        click.echo(verdict.message)
+        return
+    where = f" (first bad seq {verdict.first_bad_seq})" if verdict.first_bad_seq else ""
+    _fail(f"TAMPERED{where}: {verdict.message}", 1)
+
+
+@audit.command("public-key")
+@click.pass_context
+def audit_public_key(ctx: click.Context) -> None:
+    """Print the PEM public key that verifies this server's audit checkpoints."""
+    settings = _settings(ctx.obj["config"])
+    try:
+        signer = signer_for(settings)
+    except ConfigError as exc:
+        _fail(exc.render(), EX_CONFIG)
+    if signer is None:
+        _fail("themisdb: logging.audit.signing is not enabled", 1)
+    click.echo(signer.public_pem(), nl=False)

@@ -30,6 +30,7 @@ AUDIT = "Audit Logging Requirements"
 PII = "PII and Data Classification"
 WAL = "WAL Replication Security"
 INTEGRATOR = "Actionable Integrator Checklist"
+THREATS = "Threat Model Quick Reference"
 # Not a section of the spec: promises of our own, kept in the same table.
 STORAGE = "ThemisDB-Python: storage durability"
 
@@ -477,6 +478,29 @@ def _audit_sink(ctx: Context) -> Outcome:
     if not external:
         return failed("no syslog/SIEM output in logging.audit.outputs: events stay on this host")
     return passed(", ".join(f"syslog {o.protocol}://{o.server}" for o in external))
+
+
+def _signed_chain(ctx: Context) -> Outcome:
+    s = ctx.settings
+    if not s.audit.enabled:
+        return failed("logging.audit.enabled is false")
+    if not s.audit.signing.enabled:
+        return failed("logging.audit.signing.enabled is false: the chain is not signed")
+    if not s.audit_signing_key_file:
+        return failed(
+            "no THEMIS_AUDIT_SIGNING_KEY_FILE (development creates a key beside the "
+            "data; production needs its own)"
+        )
+    problem = ctx.probe(FILES).info(s.audit_signing_key_file).problem
+    if problem:
+        return failed(f"THEMIS_AUDIT_SIGNING_KEY_FILE: {problem}")
+    return passed("ECDSA P-256 checkpoints signed with THEMIS_AUDIT_SIGNING_KEY_FILE")
+
+
+def _audit_blocks(ctx: Context) -> Outcome:
+    if ctx.settings.audit.on_failure == "block":
+        return passed("on_failure: block: nothing happens that is not audited")
+    return failed("on_failure: spool: requests go on while no audit sink can write (spooled)")
 
 
 def _health_internal(ctx: Context) -> Outcome:

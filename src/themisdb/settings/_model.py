@@ -54,6 +54,9 @@ class FileOutput(BaseModel):
     type: Literal["file"]
     path: str = Field(min_length=1)
     rotation: RotationConfig = RotationConfig()
+    fsync: Literal["always", "never"] = Field(
+        "always", description="always: fsync every record; never: leave it to the OS"
+    )
 
 
 class SyslogOutput(BaseModel):
@@ -63,6 +66,12 @@ class SyslogOutput(BaseModel):
     type: Literal["syslog"]
     server: str
     protocol: Literal["tcp", "udp", "tls"] = "tcp"
+    ca_file: str | None = Field(
+        None, description="protocol tls: CA bundle that verifies the server (default: system)"
+    )
+    server_name: str | None = Field(
+        None, description="protocol tls: name checked against the server certificate"
+    )
 
     @field_validator("server")
     @classmethod
@@ -84,6 +93,8 @@ class SigningConfig(BaseModel):
     model_config = _FROZEN
     enabled: bool = False
     algorithm: Literal["ECDSA-P256"] = "ECDSA-P256"
+    checkpoint_every: int = Field(1000, ge=1, description="events between signed checkpoints")
+    checkpoint_seconds: float = Field(60, gt=0, description="seconds between checkpoints")
 
 
 class AuditConfig(BaseModel):
@@ -298,6 +309,16 @@ class Settings(BaseModel):
         None,
         alias="THEMIS_DEBUG_PKI",
         description="development only: TLS key log file and PKI debug logging",
+    )
+
+    audit_signing_key_file: str | None = Field(
+        None,
+        alias="THEMIS_AUDIT_SIGNING_KEY_FILE",
+        description="ECDSA P-256 private key (PEM) that signs audit checkpoints (development "
+        "creates DATA_DIR/audit/signing-key.pem when unset)",
+    )
+    node_id: str | None = Field(
+        None, alias="THEMIS_NODE_ID", description="node id in audit events (default: hostname)"
     )
 
     # --- TLS ---------------------------------------------------------------------------------

@@ -1,0 +1,73 @@
+"""Building the audit broker from Settings (the serve command's job, kept out of serve.py)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from themisdb.audit._sink import Sink, SinkError
+from themisdb.audit.broker import AuditBroker
+from themisdb.audit.chain import Signer
+from themisdb.audit.file import FileSink
+from themisdb.audit.syslog import SyslogSink
+from themisdb.errors import ConfigError
+from themisdb.settings import FileOutput, Settings, SyslogOutput
+
+DEFAULT_SIGNING_KEY = "signing-key.pem"
+
+
+def signer_for(settings: Settings) -> Signer | None:
+    """The checkpoint signer: THEMIS_AUDIT_SIGNING_KEY_FILE, or in development a key created
+    once under DATA_DIR/audit. Production without a key file refuses to start."""
+    if not settings.audit.signing.enabled:
+        return None
+    if settings.audit_signing_key_file:
+        path = Path(settings.audit_signing_key_file)
+        try:
+            return Signer.load(path)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"THEMIS_AUDIT_SIGNING_KEY_FILE: cannot load an unencrypted ECDSA P-256 PEM key "
+                f"from {path} ({type(exc).__name__})"
+            ) from exc
+    if settings.production:
+        raise ConfigError("logging.audit.signing is enabled: set THEMIS_AUDIT_SIGNING_KEY_FILE")
+    path = Path(settings.data_dir) / "audit" / DEFAULT_SIGNING_KEY
+    return Signer.load(path) if path.exists() else Signer.create(path)
+
+
+def build_broker(
+    settings: Settings,
+    *,
+    on_event: Callable[[str], None] = lambda category: None,
+    on_sink_failure: Callable[[str], None] = lambda sink: None,
+) -> AuditBroker | None:
+    audit = settings.audit
+    if not audit.enabled:
+        return None
+    data = Path(settings.data_dir)
+    outputs = list(audit.outputs)
+    if not any(isinstance(o, FileOutput) for o in outputs):
+        # The chain's local record (and what GET /api/audit reads): always present.
+        outputs.insert(0, FileOutput(type="file", path=str(data / "audit" / "audit.log")))
+    sinks: list[Sink] = []
+    for output in outputs:
+        if isinstance(output, FileOutput):
+            sinks.append(FileSink(output))
+        elif isinstance(output, SyslogOutput):
+            try:
+                sinks.append(SyslogSink.from_output(output))
+            except SinkError as exc:
+                raise ConfigError(f"logging.audit syslog output {output.server}: {exc}") from exc
+    return AuditBroker(
+        sinks,
+        data_dir=data,
+        node=settings.node_id or socket.gethostname(),
+        signer=signer_for(settings),
+        block=audit.on_failure == "block",
+        checkpoint_every=audit.signing.checkpoint_every,
+        checkpoint_seconds=audit.signing.checkpoint_seconds,
+        on_event=on_event,
+        on_sink_failure=on_sink_failure,
+    )
