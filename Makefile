@@ -10,7 +10,7 @@ TEST_DEB_PACKAGES := softhsm2 rsyslog rsyslog-gnutls
 run: $(VENV)/.runtime
 	$(BIN)/themisdb serve
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev .venv-tools/.installed
 	@scripts/ensure-debian-packages.sh $(TEST_DEB_PACKAGES)
 	$(BIN)/python -m pytest
 
@@ -27,6 +27,7 @@ check-docs: $(VENV)/.runtime
 lock: $(VENV)/.dev
 	$(BIN)/pip-compile -q --no-emit-index-url --no-emit-find-links --strip-extras --generate-hashes --allow-unsafe -o requirements.lock pyproject.toml
 	$(BIN)/pip-compile -q --no-emit-index-url --no-emit-find-links --strip-extras --generate-hashes --allow-unsafe --extra dev -c requirements.lock -o requirements-dev.lock pyproject.toml
+	$(BIN)/pip-compile -q --no-emit-index-url --no-emit-find-links --generate-hashes --allow-unsafe -o requirements-tools.lock requirements-tools.in
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); \
@@ -43,5 +44,12 @@ $(VENV)/.dev: requirements-dev.lock requirements-test-services.txt $(VENV)/.runt
 	$(BIN)/python -m pip install -q --require-hashes -r requirements-test-services.txt
 	@touch $@
 
+# Tools the tests run as separate programs, in their own venv (their pins clash with ours).
+.venv-tools/.installed: requirements-tools.lock | $(BIN)/python
+	$(PYTHON) -m venv .venv-tools 2>/dev/null || { rm -rf .venv-tools; \
+	  scripts/ensure-debian-packages.sh python3-venv && $(PYTHON) -m venv .venv-tools; }
+	.venv-tools/bin/python -m pip install -q --require-hashes -r requirements-tools.lock
+	@touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools .pytest_cache .mypy_cache .ruff_cache

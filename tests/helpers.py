@@ -248,3 +248,20 @@ def start_server(env: Mapping[str, str], *, wait: bool = True) -> ServerProcess:
             server.stop(signal.SIGKILL)
             raise
     return server
+
+
+def metric_value(internal_url: str, name: str, **labels: str) -> float:
+    """One sample of the server's /metrics, parsed with prometheus-client's own parser."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{internal_url}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def security_events(server: ServerProcess, event: str) -> float:
+    return metric_value(server.internal_url, "themisdb_security_events_total", event=event)

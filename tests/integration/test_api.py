@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ServerProcess, hardened_env, start_server
+from tests.helpers import ServerProcess, hardened_env, metric_value, start_server
 from themisdb.api.routes import ROUTES
 from themisdb.posture import generate_token
 
@@ -36,17 +36,8 @@ def api(dev: ServerProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-def metric(internal_url: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{internal_url}/metrics").text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
-
-
 def events(server: ServerProcess, category: str, event: str) -> float:
-    return metric(
+    return metric_value(
         server.internal_url, "themisdb_security_events_total", category=category, event=event
     )
 

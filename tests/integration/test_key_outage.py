@@ -14,27 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, run_cli, start_server
+from tests.helpers import run_cli, security_events, start_server
 
 pytestmark = pytest.mark.integration
 
 SCHEMA = {
     "tables": {"vault_or_hsm": {"fields": {"ssn": {"encrypt": True, "classification": "pii"}}}}
 }
-
-
-def _security_events(server: ServerProcess) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{server.internal_url}/metrics").text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if (
-                sample.name == "themisdb_security_events_total"
-                and sample.labels.get("event") == "key_provider_error"
-            ):
-                return float(sample.value)
-    return 0.0
 
 
 def _stored_keys(data: Path) -> set[str]:
@@ -59,7 +45,7 @@ def _outage_run(
             assert api.put("/entities/vault_or_hsm:before", json={"ssn": "1"}).status_code == 200
             ready = f"{server.internal_url}/health/ready"
             assert httpx.get(ready).status_code == 200
-            before_events = _security_events(server)
+            before_events = security_events(server, "key_provider_error")
             with outage():
                 # The monitor notices within about a second; reads of cached DEKs go on.
                 deadline = time.monotonic() + 15
@@ -81,7 +67,7 @@ def _outage_run(
                 not_ready = httpx.get(ready)
                 assert not_ready.status_code == 503
                 assert not_ready.json()["checks"]["key_provider"] != "ok"
-            assert _security_events(server) >= before_events + 2
+            assert security_events(server, "key_provider_error") >= before_events + 2
             deadline = time.monotonic() + 15
             while httpx.get(ready).status_code != 200 and time.monotonic() < deadline:
                 time.sleep(0.2)

@@ -75,6 +75,14 @@ def _weak_cert(env: dict[str, str], tmp: Path) -> None:
     env.update({"THEMIS_PKI_CERTIFICATE": str(cert), "THEMIS_PKI_PRIVATE_KEY": str(key)})
 
 
+def _readable_key(env: dict[str, str], tmp: Path) -> None:
+    Path(env["THEMIS_PKI_PRIVATE_KEY"]).chmod(0o644)
+
+
+def _other_ca(env: dict[str, str], tmp: Path) -> None:
+    env["THEMIS_TLS_CA"] = str(write_cert(tmp, "unrelated-ca", hostnames=("ca",))[0])
+
+
 def _long_cert(env: dict[str, str], tmp: Path) -> None:
     cert, key = write_cert(tmp, "long", days=800)
     env.update({"THEMIS_PKI_CERTIFICATE": str(cert), "THEMIS_PKI_PRIVATE_KEY": str(key)})
@@ -102,6 +110,8 @@ VIOLATIONS: list[tuple[str, str, Mutation]] = [
     ),
     ("tls.certificate_key_strength", "THEMIS_PKI_CERTIFICATE", _weak_cert),
     ("tls.certificate_validity", "THEMIS_PKI_CERTIFICATE", _long_cert),
+    ("tls.key_file_private", "THEMIS_PKI_PRIVATE_KEY", _readable_key),
+    ("tls.certificate_chain", "THEMIS_TLS_CA", _other_ca),
     ("wal.mtls", "THEMIS_WAL_GRPC_ENABLE_MTLS", _replication(THEMIS_WAL_GRPC_ENABLE_MTLS="0")),
     (
         "wal.certificates",

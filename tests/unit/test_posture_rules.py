@@ -19,6 +19,7 @@ from tests.helpers import (
     write_cert,
     write_secret,
 )
+from tests.services.rsyslog import write_ca, write_server_cert
 from themisdb.audit import Signer
 from themisdb.posture import (
     RULES,
@@ -77,6 +78,23 @@ def master_key_used_since(tmp: Path, days_ago: float) -> dict[str, str]:
     finally:
         storage.close()
     return {"THEMIS_DATA_DIR": str(tmp / "data")}
+
+
+def readable_key(tmp: Path) -> dict[str, str]:
+    env = tls(tmp)
+    Path(env["THEMIS_PKI_PRIVATE_KEY"]).chmod(0o640)
+    return env
+
+
+def ca_signed(tmp: Path) -> dict[str, str]:
+    ca = write_ca(tmp, "issuer")
+    cert, key = write_server_cert(tmp, "leaf", ca, hostnames=("localhost",), days=90)
+    return {
+        "THEMIS_PKI_CERTIFICATE": str(cert),
+        "THEMIS_PKI_PRIVATE_KEY": str(key),
+        "THEMIS_SERVICE_HOSTNAME": "localhost",
+        "THEMIS_TLS_CA": str(ca[0]),
+    }
 
 
 def signed(tmp: Path) -> dict[str, str]:
@@ -270,6 +288,24 @@ CASES: list[tuple[str, Status, Env, str]] = [
         },
         "matching",
     ),
+    ("tls.key_file_private", Status.PASS, tls, "0600"),
+    (
+        "tls.key_file_private",
+        Status.FAIL,
+        readable_key,
+        "0640",
+    ),
+    ("tls.key_file_private", Status.NOT_APPLICABLE, lambda t: {}, "no API private key"),
+    ("tls.certificate_chain", Status.PASS, ca_signed, "verifies"),
+    (
+        "tls.certificate_chain",
+        Status.FAIL,
+        lambda t: {**ca_signed(t), "THEMIS_TLS_CA": str(write_ca(t, "stranger")[0])},
+        "does not verify",
+    ),
+    ("tls.certificate_chain", Status.NOT_APPLICABLE, tls, "THEMIS_TLS_CA is not set"),
+    ("tls.certificate_expiring", Status.PASS, tls, "expires in"),
+    ("tls.certificate_expiring", Status.FAIL, lambda t: tls(t, days=20), "renew"),
     ("tls.min_version_1_3", Status.PASS, lambda t: {"THEMIS_TLS_MIN_VERSION": "1.3"}, "1.3"),
     ("tls.min_version_1_3", Status.FAIL, lambda t: {}, "strongly recommended"),
     ("tls.san_matches_hostname", Status.PASS, tls, "cover localhost"),
@@ -503,6 +539,7 @@ def test_should_severity_only_where_the_spec_recommends() -> None:
         "storage.durable_commits",  # not a spec item: our own durability switch, a warning
         "keys.vault_not_root",  # the spec prefers Vault agent / scoped tokens: a warning
         "audit.block_on_failure",  # not a spec item: the issue's "production should use" block
+        "tls.certificate_expiring",  # "expiring within 30 days is a warning" (TLS issue)
     }
 
 

@@ -22,6 +22,7 @@ SECURITY_EVENTS = (
     ("security", "posture_violation"),
     ("security", "key_provider_error"),
     ("security", "integrity_failure"),
+    ("security", "tls_handshake_failure"),
 )
 
 
@@ -87,6 +88,22 @@ class Metrics:
             registry=self.registry,
         )
         age.set_function(broker.checkpoint_age)
+
+    def watch_tls(self, expiry_seconds: Callable[[], float]) -> None:
+        expiry = Gauge(
+            "themisdb_tls_certificate_expiry_seconds",
+            "Seconds until the served API certificate expires.",
+            registry=self.registry,
+        )
+        expiry.set_function(expiry_seconds)
+        self.tls_reloads = Counter(
+            "themisdb_tls_reloads",
+            "Certificate reload attempts by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("success", "rejected"):
+            self.tls_reloads.labels(result)
 
     def audit_events_inc(self, category: str) -> None:
         self.audit_events.labels(category).inc()

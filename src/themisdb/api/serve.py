@@ -8,6 +8,8 @@ import logging
 import signal
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 import uvicorn
@@ -22,11 +24,11 @@ from themisdb.audit.setup import build_broker
 from themisdb.crypto import Envelope
 from themisdb.database import Database
 from themisdb.errors import ThemisError
-from themisdb.keys import KeyProvider, open_provider
+from themisdb.keys import open_provider
 from themisdb.posture import Report
 from themisdb.settings import Settings
 from themisdb.storage import Storage
-from themisdb.tls import server_context
+from themisdb.tls import TlsReloader, server_context, watch_handshake_failures
 
 _log = logging.getLogger("themisdb.server")
 
@@ -109,6 +111,65 @@ async def _serve(
     await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in pairs))
 
 
+class _HandshakeFailures:
+    """Counts failed TLS handshakes (a security event each in the metrics) and writes them to
+    the audit log as one aggregated event every few seconds, off the event loop: a flood of
+    bad handshakes must not turn into a flood of fsyncs on the loop."""
+
+    def __init__(self, metrics: Metrics, audit: AuditBroker | None, interval: float = 5) -> None:
+        self.metrics = metrics
+        self.audit = audit
+        self._pending: dict[str, int] = {}
+        self._lock = threading.Lock()
+        if audit is not None:
+            threading.Thread(
+                target=self._flush, args=(interval,), daemon=True, name="themis-tls-failures"
+            ).start()
+
+    def record(self, direction: str) -> None:
+        self.metrics.security_event("security", "tls_handshake_failure")
+        side = "refused by us" if direction == "write" else "refused by the client"
+        with self._lock:
+            self._pending[side] = self._pending.get(side, 0) + 1
+
+    def _flush(self, interval: float) -> None:
+        while True:
+            time.sleep(interval)
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            if pending and self.audit is not None:
+                self.audit.emit(
+                    "security",
+                    "tls.handshake_failure",
+                    outcome="failure",
+                    resource={"count": sum(pending.values()), **pending},
+                )
+
+
+def _tls_reloader(
+    settings: Settings, tls: ssl.SSLContext | None, metrics: Metrics, audit: AuditBroker | None
+) -> TlsReloader | None:
+    if tls is None:
+        return None
+
+    def result(ok: bool, detail: str) -> None:
+        metrics.tls_reloads.labels("success" if ok else "rejected").inc()
+        if audit is not None:
+            audit.emit(
+                "administrative",
+                "tls.reload",
+                outcome="success" if ok else "failure",
+                reason=None if ok else detail,
+            )
+
+    failures = _HandshakeFailures(metrics, audit)
+    watch_handshake_failures(tls, failures.record)
+    reloader = TlsReloader(settings, tls, on_result=result)
+    metrics.watch_tls(reloader.expiry_seconds)
+    reloader.start()
+    return reloader
+
+
 def _startup_events(audit: AuditBroker, report: Report, provider: str) -> None:
     audit.emit(
         "administrative",
@@ -129,6 +190,38 @@ def _startup_events(audit: AuditBroker, report: Report, provider: str) -> None:
         )
 
 
+def _open_database(settings: Settings, storage: Storage, stack: contextlib.ExitStack) -> Database:
+    # Development creates a missing master key on first start; production never does it
+    # silently (`themisdb keys init`) and refuses to start without one.
+    provider = open_provider(settings, create=not settings.production)
+    stack.callback(provider.close)
+    _log.info("key provider: %s, master key %s", provider.name, provider.current_key_id())
+    envelope = Envelope(
+        provider, storage, ttl=settings.dek_cache_ttl, debug_dir=settings.debug_enc_dir
+    )
+    database = Database(storage, envelope)
+    database.note_master_key()
+    envelope.start_monitor()
+    stack.callback(envelope.stop_monitor)
+    return database
+
+
+def _open_audit(
+    settings: Settings, report: Report, metrics: Metrics, provider: str, stack: contextlib.ExitStack
+) -> AuditBroker | None:
+    audit = build_broker(
+        settings, on_event=metrics.audit_events_inc, on_sink_failure=metrics.audit_sink_failed
+    )
+    if audit is None:
+        return None
+    metrics.watch_audit(audit)
+    audit.start()
+    stack.callback(audit.close)  # the final signed checkpoint
+    stack.callback(audit.emit, "administrative", "server.stop", outcome="success")
+    _startup_events(audit, report, provider)
+    return audit
+
+
 def serve(settings: Settings, report: Report) -> None:
     """Open the storage, bind both listeners, serve until a stop signal, finish in-flight
     requests and queued writes, close the database, return."""
@@ -138,24 +231,16 @@ def serve(settings: Settings, report: Report) -> None:
     for sig in _STOP_SIGNALS:
         signal.signal(sig, lambda number, frame: early.append(number))
     tls = server_context(settings)
-    storage = Storage(settings.data_dir, sync=settings.sync)
-    sockets: list[socket.socket] = []
-    provider: KeyProvider | None = None
-    audit: AuditBroker | None = None
-    envelope: Envelope | None = None
-    try:
-        # Development creates a missing master key on first start; production never does it
-        # silently (`themisdb keys init`) and refuses to start without one.
-        provider = open_provider(settings, create=not settings.production)
-        _log.info("key provider: %s, master key %s", provider.name, provider.current_key_id())
-        envelope = Envelope(
-            provider, storage, ttl=settings.dek_cache_ttl, debug_dir=settings.debug_enc_dir
+    # Closed in reverse order of registration: servers stop first (asyncio.run returns), then
+    # the storage finishes queued writes, then audit, key monitor and key provider close.
+    with contextlib.ExitStack() as stack:
+        storage = Storage(settings.data_dir, sync=settings.sync)
+        stack.callback(storage.close)
+        database = _open_database(settings, storage, stack)
+        api_socket = stack.enter_context(
+            bind(settings.http_bind_address, settings.http_port, "API")
         )
-        database = Database(storage, envelope)
-        database.note_master_key()
-        envelope.start_monitor()
-        sockets.append(bind(settings.http_bind_address, settings.http_port, "API"))
-        sockets.append(
+        internal_socket = stack.enter_context(
             bind(settings.health_bind_address, settings.health_port, "internal listener")
         )
         _log.info(
@@ -168,28 +253,21 @@ def serve(settings: Settings, report: Report) -> None:
         )
         metrics = Metrics()
         metrics.record_posture(report)
-        audit = build_broker(settings)
-        if audit is not None:
-            metrics.watch_audit(audit)
-            audit._on_event = metrics.audit_events_inc
-            audit._on_sink_failure = metrics.audit_sink_failed
-            audit.start()
-            _startup_events(audit, report, provider.name)
+        audit = _open_audit(settings, report, metrics, database.envelope.provider.name, stack)
         services = Services(settings, storage, database, metrics, Authenticator(settings), audit)
+        reloader = _tls_reloader(settings, tls, metrics, audit)
+        if reloader is not None:
+            stack.callback(reloader.stop)
+
+        def hangup() -> None:
+            if audit is not None:
+                audit.reopen()
+            if reloader is not None:
+                reloader.reload()
+
         pairs = [
-            (_server(create_app(services), tls), sockets[0]),
-            (_server(create_internal_app(services)), sockets[1]),
+            (_server(create_app(services), tls), api_socket),
+            (_server(create_internal_app(services)), internal_socket),
         ]
-        asyncio.run(_serve(pairs, early, audit.reopen if audit is not None else None))
-    finally:
-        for sock in sockets:
-            sock.close()
-        storage.close()  # after the servers: in-flight writes finish first
-        if audit is not None:
-            audit.emit("administrative", "server.stop", outcome="success")
-            audit.close()  # the final signed checkpoint
-        if provider is not None:
-            if envelope is not None:
-                envelope.stop_monitor()
-            provider.close()
+        asyncio.run(_serve(pairs, early, hangup))
     _log.info("stopped")

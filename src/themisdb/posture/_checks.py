@@ -36,6 +36,7 @@ STORAGE = "ThemisDB-Python: storage durability"
 
 TOKEN_MAX_AGE_DAYS = 90
 WAL_CERT_MAX_DAYS = 30
+EXPIRY_WARNING_DAYS = 30
 _WELL_KNOWN_PINS = {
     "0000",
     "1111",
@@ -349,6 +350,45 @@ def _validity(ctx: Context) -> Outcome:
     if api.validity_days > MAX_VALIDITY_DAYS:
         return failed(f"valid for {api.validity_days:.0f} days; at most 397 allowed")
     return passed(f"valid for {api.validity_days:.0f} days, until {api.not_after:%Y-%m-%d}")
+
+
+def _key_file_private(ctx: Context) -> Outcome:
+    key = ctx.settings.pki_private_key
+    if not key:
+        return not_applicable("no API private key is configured")
+    info = ctx.probe(FILES).info(key)
+    if info.problem:
+        return failed(f"THEMIS_PKI_PRIVATE_KEY: {info.problem}")
+    if info.mode & 0o077:
+        return failed(
+            f"THEMIS_PKI_PRIVATE_KEY {key} has mode {info.mode:04o}: group or others "
+            "can read it (chmod 600)"
+        )
+    return passed(f"mode {info.mode:04o}")
+
+
+def _chain(ctx: Context) -> Outcome:
+    s = ctx.settings
+    if not s.tls_ca:
+        return not_applicable("THEMIS_TLS_CA is not set: no chain to check")
+    api = _api_certificate(ctx)
+    if isinstance(api, Outcome):
+        return api
+    problem = ctx.probe(CERTIFICATES).api_chain_problem
+    if problem:
+        return failed(problem)
+    return passed("the chain verifies against THEMIS_TLS_CA")
+
+
+def _expiring(ctx: Context) -> Outcome:
+    api = _api_certificate(ctx)
+    if isinstance(api, Outcome):
+        return api
+    assert api.not_after is not None
+    days = (api.not_after - ctx.now).total_seconds() / 86400
+    if days < EXPIRY_WARNING_DAYS:
+        return failed(f"expires in {days:.0f} days ({api.not_after:%Y-%m-%d}): renew it")
+    return passed(f"expires in {days:.0f} days")
 
 
 def _tls13(ctx: Context) -> Outcome:

@@ -16,6 +16,7 @@ from typing import Any
 from themisdb.posture._model import Probe, ProbeKind
 from themisdb.settings import Settings
 from themisdb.tls import CertificateFacts, inspect_certificate
+from themisdb.tls._inspect import chain_problem
 
 _HASH_LIMIT = 1 << 20  # CA bundles are small; do not hash arbitrary large files
 
@@ -92,6 +93,7 @@ class CertificateSet:
 
     api: CertificateFacts | None = None
     wal: CertificateFacts | None = None
+    api_chain_problem: str | None = None  # only computed when THEMIS_TLS_CA is set
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,11 @@ class CertificateProbe:
             )
         if settings.wal_grpc_cert_path:
             wal = inspect_certificate(settings.wal_grpc_cert_path, settings.wal_grpc_key_path)
-        return CertificateSet(api=api, wal=wal)
+        chain = None
+        if settings.pki_certificate and settings.tls_ca:
+            host = settings.service_hostname or settings.http_bind_address
+            chain = chain_problem(settings.pki_certificate, settings.tls_ca, host)
+        return CertificateSet(api=api, wal=wal, api_chain_problem=chain)
 
 
 def default_probes() -> list[Probe[Any]]:

@@ -336,6 +336,11 @@ class Settings(BaseModel):
     tls_min_version: Literal["1.2", "1.3"] = Field(
         "1.2", alias="THEMIS_TLS_MIN_VERSION", description="1.2 (default) or 1.3"
     )
+    tls_client_ca: str | None = Field(
+        None,
+        alias="THEMIS_TLS_CLIENT_CA",
+        description="CA bundle of API client certificates; set, every client must present one",
+    )
     tls_ca: str | None = Field(
         None, alias="THEMIS_TLS_CA", description="CA bundle of the public API certificate chain"
     )

@@ -134,3 +134,32 @@ def _key_matches(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return mine == theirs, None
+
+
+def chain_problem(cert_path: str, ca_path: str, hostname: str | None) -> str | None:
+    """Why the chain in ``cert_path`` (leaf first, then intermediates) does not verify against
+    the CAs in ``ca_path`` for ``hostname`` now, or None when it does."""
+    from cryptography.x509.verification import (  # noqa: PLC0415 - rarely needed
+        PolicyBuilder,
+        Store,
+        VerificationError,
+    )
+
+    try:
+        chain = x509.load_pem_x509_certificates(Path(cert_path).read_bytes())
+        roots = x509.load_pem_x509_certificates(Path(ca_path).read_bytes())
+    except (OSError, ValueError) as exc:
+        return f"cannot read the certificate or the CA bundle ({type(exc).__name__})"
+    builder = PolicyBuilder().store(Store(roots))
+    try:
+        if hostname:
+            try:
+                name: x509.DNSName | x509.IPAddress = x509.IPAddress(ipaddress.ip_address(hostname))
+            except ValueError:
+                name = x509.DNSName(hostname)
+            builder.build_server_verifier(name).verify(chain[0], chain[1:])
+        else:
+            builder.build_client_verifier().verify(chain[0], chain[1:])
+    except VerificationError as exc:
+        return f"does not verify against THEMIS_TLS_CA: {exc}"
+    return None
