@@ -21,7 +21,7 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,14 +56,32 @@ def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
 
 
 class Signer:
-    """ECDSA P-256 signing of checkpoints with a private key held in memory."""
+    """ECDSA P-256 signing of checkpoints: with a private key in memory (a PEM file), or
+    through a function that signs inside an HSM (``from_hsm``)."""
 
     def __init__(self, private_key: ec.EllipticCurvePrivateKey) -> None:
         if not isinstance(private_key.curve, ec.SECP256R1):
             raise ValueError("the audit signing key must be ECDSA P-256")
-        self._key = private_key
+        key = private_key
+        self._sign: Callable[[bytes], bytes] = lambda message: key.sign(
+            message, ec.ECDSA(hashes.SHA256())
+        )
         self.public_key = private_key.public_key()
         self.key_id = key_id(self.public_key)
+
+    @classmethod
+    def from_hsm(cls, public_spki: bytes, sign: Callable[[bytes], bytes]) -> Signer:
+        """A signer whose private key never leaves the token; ``sign`` returns DER."""
+        public = serialization.load_der_public_key(public_spki)
+        if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(
+            public.curve, ec.SECP256R1
+        ):
+            raise ValueError("the HSM audit signing key must be ECDSA P-256")
+        signer = cls.__new__(cls)
+        signer._sign = sign
+        signer.public_key = public
+        signer.key_id = key_id(public)
+        return signer
 
     def __repr__(self) -> str:
         return f"Signer(key_id={self.key_id!r})"
@@ -96,9 +114,7 @@ class Signer:
         ).decode()
 
     def checkpoint(self, seq: int, chain_hash: str, time: str) -> dict[str, Any]:
-        signature = self._key.sign(
-            checkpoint_message(seq, chain_hash, time), ec.ECDSA(hashes.SHA256())
-        )
+        signature = self._sign(checkpoint_message(seq, chain_hash, time))
         return {
             "type": "checkpoint",
             "seq": seq,

@@ -31,10 +31,25 @@ def signer_for(settings: Settings) -> Signer | None:
                 f"THEMIS_AUDIT_SIGNING_KEY_FILE: cannot load an unencrypted ECDSA P-256 PEM key "
                 f"from {path} ({type(exc).__name__})"
             ) from exc
+    if settings.hsm_enabled:
+        return hsm_signer(settings, create=not settings.production)
     if settings.production:
-        raise ConfigError("logging.audit.signing is enabled: set THEMIS_AUDIT_SIGNING_KEY_FILE")
+        raise ConfigError(
+            "logging.audit.signing is enabled: set THEMIS_AUDIT_SIGNING_KEY_FILE or use the HSM "
+            "(THEMIS_HSM_ENABLED=1)"
+        )
     path = Path(settings.data_dir) / "audit" / DEFAULT_SIGNING_KEY
     return Signer.load(path) if path.exists() else Signer.create(path)
+
+
+def hsm_signer(settings: Settings, *, create: bool) -> Signer:
+    """Checkpoints signed inside the PKCS#11 token with the key pair
+    ``<THEMIS_HSM_KEY_LABEL>-audit`` (created by `themisdb keys init`)."""
+    from themisdb.keys.pkcs11 import Pkcs11KeyProvider  # noqa: PLC0415 - HSM only
+
+    provider = Pkcs11KeyProvider.from_settings(settings, create=False)
+    spki, sign = provider.audit_signer(f"{settings.hsm_key_label}-audit", create=create)
+    return Signer.from_hsm(spki, sign)  # the closure keeps the provider (its session) alive
 
 
 def build_broker(

@@ -23,7 +23,7 @@ import click
 from themisdb import __version__
 from themisdb.api.serve import serve as run_server
 from themisdb.audit import load_public_key, verify
-from themisdb.audit.setup import signer_for
+from themisdb.audit.setup import hsm_signer, signer_for
 from themisdb.errors import (
     EX_CONFIG,
     EX_UNAVAILABLE,
@@ -196,6 +196,12 @@ def keys_init(ctx: click.Context) -> None:
         _fail(f"themisdb: {exc}", EX_CONFIG)
     click.echo(f"{provider.name}: master key {provider.current_key_id()} is ready")
     provider.close()
+    if settings.audit.signing.enabled and settings.hsm_enabled:
+        signer = hsm_signer(settings, create=True)
+        click.echo(
+            f"pkcs11: audit signing key {settings.hsm_key_label}-audit is ready "
+            f"(key id {signer.key_id})"
+        )
 
 
 @keys.command("status")

@@ -42,10 +42,12 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol, cast
 
 import pkcs11
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.exceptions import (
     DataInvalid,
@@ -63,6 +65,7 @@ from pkcs11.exceptions import (
     UserPinNotInitialized,
 )
 from pkcs11.mechanisms import GCMParams
+from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 from pydantic import SecretStr
 
 from themisdb.errors import (
@@ -377,6 +380,65 @@ class Pkcs11KeyProvider:
                 self._mark_failed()
                 return HsmFacts(False, (), False, f"{_PROVIDER}: {_describe(exc)}")
         return HsmFacts(True, tuple(versions), bool(protected) and all(protected), None)
+
+    def audit_signer(self, label: str, *, create: bool) -> tuple[bytes, Callable[[bytes], bytes]]:
+        """The audit chain's ECDSA P-256 key pair in the token: (SubjectPublicKeyInfo DER of
+        the public key, a function signing a message with the private key, returning DER).
+        The private key is generated inside the token, sensitive and non-extractable. SoftHSM2
+        has no CKM_ECDSA_SHA256: the message is hashed here and signed with CKM_ECDSA."""
+        with PKCS11_LOCK:
+            lane = self._lane()
+            try:
+                private = list(
+                    lane.session.get_objects(
+                        {Attribute.LABEL: label, Attribute.CLASS: ObjectClass.PRIVATE_KEY}
+                    )
+                )
+                public = list(
+                    lane.session.get_objects(
+                        {Attribute.LABEL: label, Attribute.CLASS: ObjectClass.PUBLIC_KEY}
+                    )
+                )
+                if not private:
+                    if not create:
+                        raise MasterKeyMissing(
+                            f"{_PROVIDER}: no audit signing key {label!r} in the token; run "
+                            "`themisdb keys init`"
+                        )
+                    params = lane.session.create_domain_parameters(
+                        KeyType.EC,
+                        {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+                        local=True,
+                    )
+                    pub, priv = params.generate_keypair(
+                        store=True,
+                        label=label,
+                        private_template={
+                            Attribute.SENSITIVE: True,
+                            Attribute.EXTRACTABLE: False,
+                            Attribute.PRIVATE: True,
+                            Attribute.SIGN: True,
+                        },
+                    )
+                    private, public = [priv], [pub]
+                spki = encode_ec_public_key(cast(pkcs11.PublicKey, public[0]))
+            except PKCS11Error as exc:
+                self._fail("preparing the audit signing key", exc)
+        key: Any = private[0]  # python-pkcs11 declares no sign() on its key types
+
+        def sign(message: bytes) -> bytes:
+            digest = hashlib.sha256(message).digest()
+            with PKCS11_LOCK:
+                try:
+                    raw = key.sign(digest, mechanism=Mechanism.ECDSA)
+                except PKCS11Error as exc:
+                    self._fail("signing an audit checkpoint", exc)
+            half = len(raw) // 2
+            return encode_dss_signature(
+                int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+            )
+
+        return spki, sign
 
     def close(self) -> None:
         with PKCS11_LOCK:

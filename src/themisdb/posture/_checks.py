@@ -527,8 +527,12 @@ def _signed_chain(ctx: Context) -> Outcome:
     if not s.audit.signing.enabled:
         return failed("logging.audit.signing.enabled is false: the chain is not signed")
     if not s.audit_signing_key_file:
+        if s.hsm_enabled:
+            return passed(
+                f"ECDSA P-256 checkpoints signed inside the HSM ({s.hsm_key_label}-audit)"
+            )
         return failed(
-            "no THEMIS_AUDIT_SIGNING_KEY_FILE (development creates a key beside the "
+            "no THEMIS_AUDIT_SIGNING_KEY_FILE and no HSM (development creates a key beside the "
             "data; production needs its own)"
         )
     problem = ctx.probe(FILES).info(s.audit_signing_key_file).problem
