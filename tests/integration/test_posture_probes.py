@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import write_secret
+from tests.helpers import run_cli, write_secret
 from tests.unit.test_posture_rules import PROBED_IN_INTEGRATION
 from themisdb.keys import open_provider
 from themisdb.posture import RULES, Outcome, Status, default_probes, evaluate
@@ -39,6 +39,27 @@ def test_hsm_master_key_usable(softhsm: Any, tmp_path: Path) -> None:
     refused = outcome("keys.master_key_usable", wrong_pin)
     assert refused.status is Status.FAIL
     assert "000000" not in refused.detail
+
+
+def test_hsm_audit_signing_key_must_exist_in_the_token(softhsm: Any, tmp_path: Path) -> None:
+    config = tmp_path / "themis.yaml"
+    config.write_text("logging:\n  audit:\n    signing:\n      enabled: true\n")
+    env = {
+        **softhsm.env(tmp_path),
+        "THEMIS_HSM_KEY_LABEL": "posture-audit",
+        "THEMIS_CONFIG": str(config),
+        "THEMIS_DATA_DIR": str(tmp_path / "data"),
+    }
+    missing = outcome("audit.signed_chain", with_key(env))
+    assert missing.status is Status.FAIL
+    assert "posture-audit-audit" in missing.detail
+    assert "keys init" in missing.detail
+    result = run_cli(["keys", "init"], env)
+    assert result.returncode == 0, result.stderr
+    assert "audit signing key posture-audit-audit is ready" in result.stdout
+    ok = outcome("audit.signed_chain", env)
+    assert ok.status is Status.PASS, ok.detail
+    assert "inside the HSM" in ok.detail
 
 
 def test_vault_master_key_usable_and_sealed(openbao: Any, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def hsm_signer(settings: Settings, *, create: bool) -> Signer:
     from themisdb.keys.pkcs11 import Pkcs11KeyProvider  # noqa: PLC0415 - HSM only
 
     provider = Pkcs11KeyProvider.from_settings(settings, create=False)
-    spki, sign = provider.audit_signer(f"{settings.hsm_key_label}-audit", create=create)
+    spki, sign = provider.audit_signer(create=create)
     return Signer.from_hsm(spki, sign)  # the closure keeps the provider (its session) alive
 
 

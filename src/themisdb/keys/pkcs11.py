@@ -129,6 +129,7 @@ class HsmFacts:
     key_versions: tuple[str, ...]
     all_non_extractable: bool
     error: str | None
+    audit_key_exists: bool = False
 
 
 @dataclass
@@ -276,6 +277,11 @@ class Pkcs11KeyProvider:
         """The label prefix of the master key objects (``<key_label>-v<N>``)."""
         return self._key_label
 
+    @property
+    def audit_key_label(self) -> str:
+        """The label of the audit chain's ECDSA key pair (``<key_label>-audit``)."""
+        return f"{self._key_label}-audit"
+
     def __repr__(self) -> str:
         if self._closed:
             state = "closed"
@@ -374,18 +380,27 @@ class Pkcs11KeyProvider:
                 for version, key in sorted(self._scan(lane.session, verify=False).items()):
                     versions.append(key_id(version))
                     protected.append(_is_protected(key))
+                audit_key = any(
+                    lane.session.get_objects(
+                        {
+                            Attribute.LABEL: self.audit_key_label,
+                            Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                        }
+                    )
+                )
             except ThemisError as exc:
                 return HsmFacts(False, (), False, str(exc))
             except PKCS11Error as exc:
                 self._mark_failed()
                 return HsmFacts(False, (), False, f"{_PROVIDER}: {_describe(exc)}")
-        return HsmFacts(True, tuple(versions), bool(protected) and all(protected), None)
+        return HsmFacts(True, tuple(versions), bool(protected) and all(protected), None, audit_key)
 
-    def audit_signer(self, label: str, *, create: bool) -> tuple[bytes, Callable[[bytes], bytes]]:
+    def audit_signer(self, *, create: bool) -> tuple[bytes, Callable[[bytes], bytes]]:
         """The audit chain's ECDSA P-256 key pair in the token: (SubjectPublicKeyInfo DER of
         the public key, a function signing a message with the private key, returning DER).
         The private key is generated inside the token, sensitive and non-extractable. SoftHSM2
         has no CKM_ECDSA_SHA256: the message is hashed here and signed with CKM_ECDSA."""
+        label = self.audit_key_label
         with PKCS11_LOCK:
             lane = self._lane()
             try:

@@ -43,6 +43,7 @@ class KeyManagerProbe:
                     key_exists=bool(hsm.key_versions),
                     key_protected=hsm.all_non_extractable,
                     error=hsm.error,
+                    audit_key_exists=hsm.audit_key_exists if hsm.login_ok else None,
                 )
             from themisdb.keys.vault import VaultKeyProvider  # noqa: PLC0415
 

@@ -528,9 +528,13 @@ def _signed_chain(ctx: Context) -> Outcome:
         return failed("logging.audit.signing.enabled is false: the chain is not signed")
     if not s.audit_signing_key_file:
         if s.hsm_enabled:
-            return passed(
-                f"ECDSA P-256 checkpoints signed inside the HSM ({s.hsm_key_label}-audit)"
-            )
+            label = f"{s.hsm_key_label}-audit"
+            facts = ctx.probe(KEY_MANAGER)
+            if facts.audit_key_exists is None:
+                return failed(f"the HSM could not be asked for {label}: {facts.error or '?'}")
+            if not facts.audit_key_exists:
+                return failed(f"no audit signing key {label} in the HSM: run `themisdb keys init`")
+            return passed(f"ECDSA P-256 checkpoints signed inside the HSM ({label})")
         return failed(
             "no THEMIS_AUDIT_SIGNING_KEY_FILE and no HSM (development creates a key beside the "
             "data; production needs its own)"

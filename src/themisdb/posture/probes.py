@@ -108,6 +108,7 @@ class KeyManagerFacts:
     token_ttl_seconds: int | None = None  # Vault: 0 means the token never expires
     token_is_root: bool | None = None
     error: str | None = None
+    audit_key_exists: bool | None = None  # HSM: the <key label>-audit signing key pair
 
 
 FILES: ProbeKind[FileSystemView] = ProbeKind("files", "stat and read configured files")
