@@ -15,9 +15,10 @@ test: $(VENV)/.dev .venv-tools/.installed
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/themisdb pii check
 
 # Regenerate docs/CHECKLISTS/pre_deployment.md from the rule table.
 check-docs: $(VENV)/.runtime

@@ -15,6 +15,7 @@ from typing import Any
 
 from themisdb.crypto import EncryptionSchema, Envelope, is_ciphertext
 from themisdb.errors import BadRequest, Conflict, Forbidden
+from themisdb.redaction import PiiRuntime
 from themisdb.storage import Op, Query, QueryResult, Storage, delete_op, put_op
 
 SCHEMA_KEY = "encryption_schema"
@@ -31,9 +32,10 @@ class ReencryptPage:
 
 
 class Database:
-    def __init__(self, storage: Storage, envelope: Envelope) -> None:
+    def __init__(self, storage: Storage, envelope: Envelope, pii: PiiRuntime | None = None) -> None:
         self.storage = storage
         self.envelope = envelope
+        self.pii = pii
         stored = storage.meta(SCHEMA_KEY)
         self.schema = EncryptionSchema.model_validate_json(stored) if stored else EncryptionSchema()
 
@@ -68,9 +70,10 @@ class Database:
     # --- writes (prepare ops; the caller submits them) ------------------------------------------
 
     def put_op(self, table: str, pk: str, entity: dict[str, Any]) -> Op:
-        sealed = self.envelope.encrypt_fields(
-            table, pk, entity, self.schema.encrypted_fields(table)
-        )
+        encrypted = self.schema.encrypted_fields(table)
+        if self.pii is not None:  # strict mode refuses here, before anything is encrypted
+            self.pii.check_write(table, pk, entity, encrypted)
+        sealed = self.envelope.encrypt_fields(table, pk, entity, encrypted)
         return put_op(table, pk, sealed)
 
     def delete_op(self, table: str, pk: str) -> Op:
@@ -81,12 +84,14 @@ class Database:
     def present(
         self, table: str, pk: str, stored: dict[str, Any], *, pii_read: bool
     ) -> dict[str, Any]:
-        """Decrypt, then mask pii/restricted fields for callers without pii:read."""
+        """Decrypt; for callers without pii:read, mask the fields classified pii/restricted
+        and every detected pii/restricted value elsewhere."""
         entity = self.envelope.decrypt_fields(table, pk, stored)
         if pii_read:
             return entity
         hidden = self.schema.sensitive_fields(table) & entity.keys()
-        return {k: (REDACTED if k in hidden else v) for k, v in entity.items()}
+        shown = {k: (REDACTED if k in hidden else v) for k, v in entity.items()}
+        return self.pii.mask_result(shown) if self.pii is not None else shown
 
     def get(self, table: str, pk: str, *, pii_read: bool) -> dict[str, Any] | None:
         stored = self.storage.get(table, pk)

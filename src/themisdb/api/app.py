@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from themisdb.api.auth import fingerprint, require
+from themisdb.api.auth import Principal, fingerprint, require
 from themisdb.api.errors import EXCEPTION_HANDLERS
 from themisdb.api.routes import ROUTES, Call, Endpoint, Services
 from themisdb.audit import AuditBroker
@@ -30,6 +30,7 @@ from themisdb.errors import (
     StorageError,
     Unauthorized,
 )
+from themisdb.redaction import PiiRuntime
 
 _log = logging.getLogger("themisdb.api")
 
@@ -44,36 +45,23 @@ def _security_event(services: Services, exc: ClientError) -> None:
         metrics.security_event("authorization", "scope_denied")
     elif isinstance(exc, PayloadTooLarge):
         metrics.security_event("security", "body_too_large")
+    elif exc.code == "pii_unencrypted_field":
+        metrics.security_event("security", "pii_rejected")
 
 
 def _wrap(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
         request.scope["themis.route"] = endpoint.path
-        audit = _RequestAudit(services.audit, request, endpoint)
+        audit = _RequestAudit(services.audit, request, endpoint, services.pii)
         try:
-            try:
-                principal = services.auth.authenticate(request)
-            except Unauthorized as exc:
-                audit.add("authentication", "authenticate", outcome="failure", reason=exc.code)
-                await audit.aflush()
-                raise
-            audit.actor = f"{principal.name}:{principal.fingerprint}"
-            audit.add("authentication", "authenticate")
-            try:
-                require(principal, endpoint.scope)
-            except Forbidden as exc:
-                audit.add("authorization", "authorize", outcome="denied", reason=exc.code)
-                await audit.aflush()
-                raise
-            audit.add("authorization", "authorize", outcome="granted")
-            if audit.broker is not None and audit.broker.block and not audit.broker.available:
-                # Nothing happens that is not audited: refuse before doing anything.
-                raise AuditUnavailable("no audit sink can write")
+            principal = _admit(request, endpoint, services, audit)
             call = Call(request, principal, services)
             try:
                 response = await endpoint.handler(call)
             except ClientError as exc:
                 audit.extend(call.events, outcome="failure", reason=exc.code)
+                if exc.code == "pii_unencrypted_field":
+                    audit.add("security", "pii.rejected", outcome="denied", reason=exc.message)
                 raise
             except (KeyProviderUnavailable, IntegrityError, StorageError) as exc:
                 audit.extend(call.events, outcome="error", reason=type(exc).__name__)
@@ -85,25 +73,43 @@ def _wrap(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitab
                 )
                 raise
             audit.extend(call.events, outcome="success")
-            await audit.aflush()
             return response
         except ClientError as exc:
             _security_event(services, exc)
-            await audit.aflush()
             raise
         except KeyProviderUnavailable:
             services.metrics.security_event("security", "key_provider_error")
-            await audit.aflush()
             raise
         except IntegrityError:
             services.metrics.security_event("security", "integrity_failure")
-            await audit.aflush()
             raise
-        except Exception:
+        finally:
             await audit.aflush()
-            raise
 
     return handle
+
+
+def _admit(
+    request: Request, endpoint: Endpoint, services: Services, audit: _RequestAudit
+) -> Principal:
+    """Authentication, authorization and the block-mode audit check, each audited."""
+    try:
+        principal = services.auth.authenticate(request)
+    except Unauthorized as exc:
+        audit.add("authentication", "authenticate", outcome="failure", reason=exc.code)
+        raise
+    audit.actor = f"{principal.name}:{principal.fingerprint}"
+    audit.add("authentication", "authenticate")
+    try:
+        require(principal, endpoint.scope)
+    except Forbidden as exc:
+        audit.add("authorization", "authorize", outcome="denied", reason=exc.code)
+        raise
+    audit.add("authorization", "authorize", outcome="granted")
+    if audit.broker is not None and audit.broker.block and not audit.broker.available:
+        # Nothing happens that is not audited: refuse before doing anything.
+        raise AuditUnavailable("no audit sink can write")
+    return principal
 
 
 _SECURITY_ACTIONS: dict[type[Exception], str] = {
@@ -116,8 +122,15 @@ _SECURITY_ACTIONS: dict[type[Exception], str] = {
 class _RequestAudit:
     """Collects one request's audit events and writes them together (one fsync)."""
 
-    def __init__(self, broker: AuditBroker | None, request: Request, endpoint: Endpoint) -> None:
+    def __init__(
+        self,
+        broker: AuditBroker | None,
+        request: Request,
+        endpoint: Endpoint,
+        pii: PiiRuntime | None,
+    ) -> None:
         self.broker = broker
+        self.pii = pii
         self.actor = fingerprint(request.headers.get("authorization"))
         self.source = request.client.host if request.client else "-"
         self.request_id = str(request.scope.get("themis.request_id", "-"))
@@ -133,13 +146,19 @@ class _RequestAudit:
         reason: str | None = None,
         resource: Any = None,
     ) -> None:
+        resource = resource if resource is not None else {"route": self.route}
+        if self.pii is not None:
+            # Keys and reasons come from the client and can hold PII (an e-mail as primary
+            # key): never raw in the audit log. The source address is the event's own
+            # subject (who connected), recorded as it is, like any security log does.
+            resource, reason = self.pii.redact_value(resource), self.pii.redact_value(reason)
         self.events.append(
             {
                 "category": category,
                 "action": action,
                 "outcome": outcome,
                 "reason": reason,
-                "resource": resource if resource is not None else {"route": self.route},
+                "resource": resource,
                 "actor": self.actor,
                 "source": self.source,
                 "request_id": self.request_id,
@@ -226,6 +245,8 @@ def create_internal_app(services: Services) -> Starlette:
             checks["storage"] = str(exc)
         health = await run_in_threadpool(services.db.envelope.check_health)
         checks["key_provider"] = "ok" if health.ok else health.detail
+        if services.pii is not None:
+            checks["pii"] = "ok" if services.pii.healthy else f"PII engine: {services.pii.error}"
         broker = services.audit
         if broker is not None and broker.block:
             checks["audit"] = "ok" if broker.available else "no audit sink can write"

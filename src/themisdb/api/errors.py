@@ -20,6 +20,7 @@ from themisdb.errors import (
     StorageError,
     Unauthorized,
 )
+from themisdb.redaction import PiiUnavailable
 
 _log = logging.getLogger("themisdb.api")
 
@@ -88,6 +89,14 @@ async def audit_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def pii_error(request: Request, exc: Exception) -> Response:
+    return error_response(
+        503,
+        "pii_engine_unavailable",
+        "strict PII mode and the PII engine is unavailable: writes are refused.",
+    )
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
     _log.error("internal error (request %s)", _request_id(request), exc_info=exc)
     return error_response(
@@ -101,6 +110,7 @@ EXCEPTION_HANDLERS = {
     StorageError: storage_error,
     KeyProviderUnavailable: key_provider_error,
     AuditUnavailable: audit_error,
+    PiiUnavailable: pii_error,
     IntegrityError: integrity_error,
     Exception: internal_error,
 }

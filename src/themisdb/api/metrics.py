@@ -23,6 +23,8 @@ SECURITY_EVENTS = (
     ("security", "key_provider_error"),
     ("security", "integrity_failure"),
     ("security", "tls_handshake_failure"),
+    ("security", "pii_rejected"),
+    ("security", "pii_detected"),
 )
 
 

@@ -40,6 +40,7 @@ from themisdb.database import Database
 from themisdb.errors import NotFound, Unprocessable
 from themisdb.keys import Rotatable
 from themisdb.posture import default_probes, evaluate, render
+from themisdb.redaction import PiiRuntime
 from themisdb.settings import Settings
 from themisdb.storage import (
     Op,
@@ -64,6 +65,7 @@ class Services:
     metrics: Metrics
     auth: Authenticator
     audit: AuditBroker | None = None
+    pii: PiiRuntime | None = None
 
 
 @dataclass

@@ -26,6 +26,7 @@ from themisdb.database import Database
 from themisdb.errors import ThemisError
 from themisdb.keys import open_provider
 from themisdb.posture import Report
+from themisdb.redaction import PiiRuntime, install_log_redaction
 from themisdb.settings import Settings
 from themisdb.storage import Storage
 from themisdb.tls import TlsReloader, server_context, watch_handshake_failures
@@ -190,7 +191,9 @@ def _startup_events(audit: AuditBroker, report: Report, provider: str) -> None:
         )
 
 
-def _open_database(settings: Settings, storage: Storage, stack: contextlib.ExitStack) -> Database:
+def _open_database(
+    settings: Settings, storage: Storage, stack: contextlib.ExitStack, pii: PiiRuntime
+) -> Database:
     # Development creates a missing master key on first start; production never does it
     # silently (`themisdb keys init`) and refuses to start without one.
     provider = open_provider(settings, create=not settings.production)
@@ -199,7 +202,7 @@ def _open_database(settings: Settings, storage: Storage, stack: contextlib.ExitS
     envelope = Envelope(
         provider, storage, ttl=settings.dek_cache_ttl, debug_dir=settings.debug_enc_dir
     )
-    database = Database(storage, envelope)
+    database = Database(storage, envelope, pii)
     database.note_master_key()
     envelope.start_monitor()
     stack.callback(envelope.stop_monitor)
@@ -230,13 +233,22 @@ def serve(settings: Settings, report: Report) -> None:
     early: list[int] = []
     for sig in _STOP_SIGNALS:
         signal.signal(sig, lambda number, frame: early.append(number))
+    # A SIGHUP before the loop runs must not kill the process (its default action).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     tls = server_context(settings)
     # Closed in reverse order of registration: servers stop first (asyncio.run returns), then
     # the storage finishes queued writes, then audit, key monitor and key provider close.
     with contextlib.ExitStack() as stack:
         storage = Storage(settings.data_dir, sync=settings.sync)
         stack.callback(storage.close)
-        database = _open_database(settings, storage, stack)
+        metrics = Metrics()
+        metrics.record_posture(report)
+        pii = PiiRuntime(
+            settings,
+            on_detected=lambda table, found: metrics.security_event("security", "pii_detected"),
+        )
+        install_log_redaction(pii)
+        database = _open_database(settings, storage, stack, pii)
         api_socket = stack.enter_context(
             bind(settings.http_bind_address, settings.http_port, "API")
         )
@@ -250,16 +262,18 @@ def serve(settings: Settings, report: Report) -> None:
             settings.http_port,
             settings.health_bind_address,
             settings.health_port,
+            extra={"pii_safe": True},
         )
-        metrics = Metrics()
-        metrics.record_posture(report)
         audit = _open_audit(settings, report, metrics, database.envelope.provider.name, stack)
-        services = Services(settings, storage, database, metrics, Authenticator(settings), audit)
+        services = Services(
+            settings, storage, database, metrics, Authenticator(settings), audit, pii
+        )
         reloader = _tls_reloader(settings, tls, metrics, audit)
         if reloader is not None:
             stack.callback(reloader.stop)
 
         def hangup() -> None:
+            pii.reload()
             if audit is not None:
                 audit.reopen()
             if reloader is not None:

@@ -33,6 +33,7 @@ from themisdb.errors import (
     ThemisError,
 )
 from themisdb.keys import open_provider
+from themisdb.pii.cli import pii
 from themisdb.posture import (
     RULES,
     default_probes,
@@ -345,3 +346,6 @@ def audit_public_key(ctx: click.Context) -> None:
     if signer is None:
         _fail("themisdb: logging.audit.signing is not enabled", 1)
     click.echo(signer.public_pem(), nl=False)
+
+
+main.add_command(pii)

@@ -288,6 +288,11 @@ class Settings(BaseModel):
     pii_strict: bool = Field(
         False, alias="THEMIS_PII_STRICT", description="1 makes PII handling fail closed"
     )
+    pii_patterns: str | None = Field(
+        None,
+        alias="THEMIS_PII_PATTERNS",
+        description="PII pattern file (default: the shipped config/security/pii_patterns.yaml)",
+    )
     pii_force_init_fail: bool | None = Field(
         None,
         alias="THEMIS_PII_FORCE_INIT_FAIL",
