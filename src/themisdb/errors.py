@@ -10,7 +10,8 @@
     │   ├── Conflict           409
     │   ├── PayloadTooLarge    413
     │   ├── UnsupportedMedia   415
-    │   └── Unprocessable      422 (well-formed JSON of the wrong shape)
+    │   ├── Unprocessable      422 (well-formed JSON of the wrong shape)
+    │   └── TooManyRequests    429 (rate limit, brute-force lockout; carries Retry-After)
     ├── IntegrityError         ciphertext or wrapped key failed authentication (one message)
     ├── KeyProviderUnavailable the key manager cannot be reached or refused (503)
     ├── MasterKeyMissing       the key manager has no master key (run `themisdb keys init`)
@@ -91,6 +92,17 @@ class UnsupportedMedia(ClientError):
 
 class Unprocessable(ClientError):
     status, code = 422, "unprocessable_entity"
+
+
+class TooManyRequests(ClientError):
+    status, code = 429, "rate_limited"
+
+    def __init__(
+        self, message: str, *, code: str, retry_after: int, headers: dict[str, str]
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+        self.headers = headers
 
 
 class IntegrityError(ThemisError):

@@ -302,6 +302,11 @@ def _make_writable(path: Path) -> None:
 TOKENS = {"admin": generate_token(), "readonly": generate_token(), "analyst": generate_token()}
 
 
+# The matrix presents wrong tokens on purpose, many times: the brute-force lockout would
+# answer 429 (tests/integration/test_access.py proves it).
+NO_LOCKOUT = {"THEMIS_AUTH_LOCKOUT_THRESHOLD": "0"}
+
+
 @pytest.fixture(scope="module")
 def prod(
     tmp_path_factory: pytest.TempPathFactory, hsm_env: dict[str, str]
@@ -314,6 +319,7 @@ def prod(
             "THEMIS_TOKEN_ADMIN": TOKENS["admin"],
             "THEMIS_TOKEN_READONLY": TOKENS["readonly"],
             "THEMIS_TOKEN_ANALYST": TOKENS["analyst"],
+            **NO_LOCKOUT,
         }
     )
     server = start_server(env)
@@ -332,6 +338,7 @@ def dev_with_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
             "THEMIS_DATA_DIR": str(data),
             "THEMIS_TOKEN_ADMIN": TOKENS["admin"],
             "THEMIS_TOKEN_READONLY": TOKENS["readonly"],
+            **NO_LOCKOUT,
         }
     )
     yield server

@@ -22,6 +22,7 @@ from tests.helpers import (
     write_cert,
     write_secret,
 )
+from themisdb.posture import generate_token
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +97,14 @@ VIOLATIONS: list[tuple[str, str, Mutation]] = [
     ("auth.admin_token", "THEMIS_TOKEN_ADMIN", _unset("THEMIS_TOKEN_ADMIN_FILE")),
     ("auth.admin_token", "THEMIS_TOKEN_ADMIN", _weak_token),
     ("auth.secondary_tokens", "THEMIS_TOKEN_READONLY", _set(THEMIS_TOKEN_READONLY="readonly")),
+    (
+        "auth.admin_token_previous",
+        "THEMIS_TOKEN_ADMIN_PREVIOUS",
+        _set(
+            THEMIS_TOKEN_ADMIN_PREVIOUS=generate_token(),
+            THEMIS_TOKEN_ADMIN_PREVIOUS_UNTIL="2099-01-01T00:00:00Z",
+        ),
+    ),
     ("keys.hsm_stub", "THEMIS_ALLOW_HSM_STUB", _set(THEMIS_ALLOW_HSM_STUB="0")),
     ("keys.key_manager", "THEMIS_HSM_ENABLED", _set(THEMIS_HSM_ENABLED="0")),
     ("keys.hsm_pin_injected", "THEMIS_HSM_PIN", _default_pin),

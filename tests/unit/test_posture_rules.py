@@ -111,6 +111,20 @@ def config_file(tmp: Path, text: str) -> dict[str, str]:
     return {"THEMIS_CONFIG": str(path)}
 
 
+CURRENT = "kUKW/hsZ6m3e/ZBqpwR0Zf5AYQCMRsgHWM1OGEr9XqY="
+OLD = "8bF0o1Q0W8x0cZ8v8mJ3kq3n0v1hY8r2m3p4s5t6u7A="
+
+
+def previous(days: float, token: str = OLD) -> dict[str, str]:
+    """A rotation in progress: the previous admin token, accepted for ``days`` more days."""
+    until = (NOW + dt.timedelta(days=days)).isoformat()
+    return {
+        "THEMIS_TOKEN_ADMIN": CURRENT,
+        "THEMIS_TOKEN_ADMIN_PREVIOUS": token,
+        "THEMIS_TOKEN_ADMIN_PREVIOUS_UNTIL": until,
+    }
+
+
 PROBED_IN_INTEGRATION = {"keys.master_key_usable", "keys.vault_not_root"}
 HSM = {"THEMIS_HSM_ENABLED": "1", "THEMIS_HSM_PIN": "8f3Kq9zX"}
 # Nothing listens on the discard port: a probe fails fast, on loopback, never on a network.
@@ -157,6 +171,32 @@ CASES: list[tuple[str, Status, Env, str]] = [
         "THEMIS_TOKEN_ADMIN_FILE",
     ),
     ("auth.admin_token_rotation", Status.NOT_APPLICABLE, lambda t: {}, "no admin token"),
+    ("auth.admin_token_previous", Status.NOT_APPLICABLE, lambda t: {}, "no previous"),
+    ("auth.admin_token_previous", Status.PASS, lambda t: previous(days=7), "accepted until"),
+    ("auth.admin_token_previous", Status.FAIL, lambda t: previous(days=45), "limit 30"),
+    (
+        "auth.admin_token_previous",
+        Status.FAIL,
+        lambda t: previous(days=7, token="password"),
+        "THEMIS_TOKEN_ADMIN_PREVIOUS",
+    ),
+    (
+        "auth.admin_token_previous",
+        Status.FAIL,
+        lambda t: previous(days=7, token=CURRENT),
+        "nothing rotated",
+    ),
+    ("auth.admin_token_previous_expired", Status.NOT_APPLICABLE, lambda t: {}, "no previous"),
+    ("auth.admin_token_previous_expired", Status.PASS, lambda t: previous(days=1), "ahead"),
+    ("auth.admin_token_previous_expired", Status.FAIL, lambda t: previous(days=-1), "remove"),
+    ("auth.rate_limit", Status.PASS, lambda t: {}, "1000 requests/s"),
+    ("auth.rate_limit", Status.FAIL, lambda t: {"THEMIS_RATE_LIMIT_RPS": "0"}, "RPS = 0"),
+    (
+        "auth.rate_limit",
+        Status.FAIL,
+        lambda t: {"THEMIS_AUTH_LOCKOUT_THRESHOLD": "0"},
+        "THRESHOLD = 0",
+    ),
     ("auth.secondary_tokens", Status.NOT_APPLICABLE, lambda t: {}, "no read-only"),
     (
         "auth.secondary_tokens",
@@ -540,6 +580,8 @@ def test_should_severity_only_where_the_spec_recommends() -> None:
         "keys.vault_not_root",  # the spec prefers Vault agent / scoped tokens: a warning
         "audit.block_on_failure",  # not a spec item: the issue's "production should use" block
         "tls.certificate_expiring",  # "expiring within 30 days is a warning" (TLS issue)
+        "auth.admin_token_previous_expired",  # not a spec item: already refused, a reminder
+        "auth.rate_limit",  # not a spec item: our own limits, a warning when switched off
     }
 
 

@@ -102,11 +102,17 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
     assert len(info.value.problems) == 3
 
 
+# Variables that are valid only together with another.
+COMPANIONS = {
+    "THEMIS_TOKEN_ADMIN_PREVIOUS": {"THEMIS_TOKEN_ADMIN_PREVIOUS_UNTIL": "2030-01-01T00:00:00Z"}
+}
+
+
 @pytest.mark.parametrize("variable", SECRET_FILE_VARIABLES)
 def test_file_variant_reads_the_secret(tmp_path: Path, variable: str) -> None:
     path = tmp_path / "secret"
     path.write_text(SECRET + "\n")
-    s = load_settings({f"{variable}_FILE": str(path)})
+    s = load_settings({f"{variable}_FILE": str(path), **COMPANIONS.get(variable, {})})
     secret = s.secret(variable)
     assert secret is not None
     assert secret.get_secret_value() == SECRET  # one trailing newline stripped
@@ -300,3 +306,24 @@ def test_every_variable_is_documented() -> None:
     missing = [name for name in variable_fields() if f"`{name}`" not in doc]
     missing += [f"{n}_FILE" for n in SECRET_FILE_VARIABLES if f"`{n}_FILE`" not in doc]
     assert missing == []
+
+
+def test_previous_admin_token_needs_a_deadline_with_an_offset() -> None:
+    with pytest.raises(ConfigError, match="needs THEMIS_TOKEN_ADMIN_PREVIOUS_UNTIL") as info:
+        load_settings({"THEMIS_TOKEN_ADMIN_PREVIOUS": SECRET})
+    assert SECRET not in str(info.value)
+    with pytest.raises(ConfigError, match=r"THEMIS_TOKEN_ADMIN_PREVIOUS_UNTIL.*timezone"):
+        load_settings(
+            {
+                "THEMIS_TOKEN_ADMIN_PREVIOUS": SECRET,
+                "THEMIS_TOKEN_ADMIN_PREVIOUS_UNTIL": "2030-01-01T00:00:00",
+            }
+        )
+    s = load_settings(
+        {
+            "THEMIS_TOKEN_ADMIN_PREVIOUS": SECRET,
+            "THEMIS_TOKEN_ADMIN_PREVIOUS_UNTIL": "2030-01-01T02:00:00+02:00",
+        }
+    )
+    assert s.token_admin_previous_until is not None
+    assert s.token_admin_previous_until.timestamp() == 1893456000

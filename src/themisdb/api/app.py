@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from themisdb.api.auth import Principal, fingerprint, require
+from themisdb.access import ANONYMOUS, Decision, Principal
+from themisdb.api.auth import fingerprint
 from themisdb.api.errors import EXCEPTION_HANDLERS
 from themisdb.api.routes import ROUTES, Call, Endpoint, Services
 from themisdb.audit import AuditBroker
@@ -28,13 +29,17 @@ from themisdb.errors import (
     KeyProviderUnavailable,
     PayloadTooLarge,
     StorageError,
+    TooManyRequests,
     Unauthorized,
 )
 from themisdb.redaction import PiiRuntime
 
 _log = logging.getLogger("themisdb.api")
 
-_AUTH_EVENTS = {"malformed_token": "malformed_token"}
+_AUTH_EVENTS = {"malformed_token": "malformed_token", "session_expired": "session_expired"}
+# Failures that guess at a credential: they count towards the source's lockout. An expired
+# session or a previous token past its deadline is a client that is behind, not a guess.
+_GUESSES = frozenset({"invalid_token", "malformed_token"})
 
 
 def _security_event(services: Services, exc: ClientError) -> None:
@@ -47,6 +52,9 @@ def _security_event(services: Services, exc: ClientError) -> None:
         metrics.security_event("security", "body_too_large")
     elif exc.code == "pii_unencrypted_field":
         metrics.security_event("security", "pii_rejected")
+    elif isinstance(exc, TooManyRequests):
+        locked = exc.code == "locked_out"
+        metrics.security_event("security", "auth_lockout" if locked else "rate_limit_exceeded")
 
 
 def _wrap(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitable[Response]]:
@@ -92,16 +100,44 @@ def _wrap(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitab
 def _admit(
     request: Request, endpoint: Endpoint, services: Services, audit: _RequestAudit
 ) -> Principal:
-    """Authentication, authorization and the block-mode audit check, each audited."""
+    """Lockout and rate limits, authentication, authorization and the block-mode audit
+    check, each audited. The tighter rate-limit decision goes into the response's headers."""
+    limits = services.limits
+    limit: Decision | None = None
+    if limits is not None:
+        locked = limits.lockout.locked_for(audit.source)
+        if locked:
+            raise TooManyRequests(
+                "too many failed authentications from this address; retry later",
+                code="locked_out",
+                retry_after=locked,
+                headers={},
+            )
+        limit = _take(limits.per_source.take(audit.source), "source", audit)
+        request.scope["themis.limit"] = limit
     try:
         principal = services.auth.authenticate(request)
     except Unauthorized as exc:
-        audit.add("authentication", "authenticate", outcome="failure", reason=exc.code)
+        action = "session.timeout" if exc.code == "session_expired" else "authenticate"
+        audit.add("authentication", action, outcome="failure", reason=exc.code)
+        if limits is not None and exc.code in _GUESSES:
+            seconds = limits.lockout.failure(audit.source)
+            if seconds:
+                audit.add(
+                    "security",
+                    "auth.lockout",
+                    outcome="denied",
+                    reason=f"source locked out for {seconds} s after repeated failures",
+                )
         raise
     audit.actor = f"{principal.name}:{principal.fingerprint}"
     audit.add("authentication", "authenticate")
+    if limits is not None and principal is not ANONYMOUS:
+        own = _take(limits.per_credential.take(principal.fingerprint), "credential", audit)
+        if limit is None or own.remaining < limit.remaining:
+            request.scope["themis.limit"] = own
     try:
-        require(principal, endpoint.scope)
+        principal.require(endpoint.scope)
     except Forbidden as exc:
         audit.add("authorization", "authorize", outcome="denied", reason=exc.code)
         raise
@@ -110,6 +146,29 @@ def _admit(
         # Nothing happens that is not audited: refuse before doing anything.
         raise AuditUnavailable("no audit sink can write")
     return principal
+
+
+def _limit_headers(decision: Decision) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(decision.limit),
+        "X-RateLimit-Remaining": str(decision.remaining),
+        "X-RateLimit-Reset": str(decision.retry_after),
+    }
+
+
+def _take(decision: Decision, which: str, audit: _RequestAudit) -> Decision:
+    """``decision`` if allowed; else 429 (the first refusal of a run is audited, the rest
+    only counted: a flood must not turn into a flood of fsync'd audit records)."""
+    if decision.allowed:
+        return decision
+    if decision.first_refusal:
+        audit.add("security", "rate_limit.exceeded", outcome="denied", reason=f"{which} limit")
+    raise TooManyRequests(
+        f"rate limit of this {which} exceeded; retry after {decision.retry_after} s",
+        code="rate_limited",
+        retry_after=decision.retry_after,
+        headers=_limit_headers(decision),
+    )
 
 
 _SECURITY_ACTIONS: dict[type[Exception], str] = {
@@ -204,8 +263,13 @@ class _Observe:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                limit = scope.get("themis.limit")
+                if limit is not None and not any(k == b"x-ratelimit-limit" for k, _ in headers):
+                    headers += [
+                        (k.lower().encode(), v.encode()) for k, v in _limit_headers(limit).items()
+                    ]
+                message["headers"] = headers
             await send(message)
 
         try:

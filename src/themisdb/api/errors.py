@@ -18,6 +18,7 @@ from themisdb.errors import (
     IntegrityError,
     KeyProviderUnavailable,
     StorageError,
+    TooManyRequests,
     Unauthorized,
 )
 from themisdb.redaction import PiiUnavailable
@@ -43,9 +44,9 @@ async def client_error(request: Request, exc: Exception) -> Response:
         headers["WWW-Authenticate"] = AUTH_CHALLENGE
         if exc.code == "invalid_token":
             headers["WWW-Authenticate"] += ', error="invalid_token"'
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
+    if isinstance(exc, TooManyRequests):
+        headers.update(exc.headers)
+        headers["Retry-After"] = str(exc.retry_after)
     return error_response(exc.status, exc.code, exc.message, **headers)
 
 

@@ -17,6 +17,7 @@ from themisdb.posture import Report
 SECURITY_EVENTS = (
     ("authentication", "auth_failure"),
     ("authentication", "malformed_token"),
+    ("authentication", "session_expired"),
     ("authorization", "scope_denied"),
     ("security", "body_too_large"),
     ("security", "posture_violation"),
@@ -25,6 +26,8 @@ SECURITY_EVENTS = (
     ("security", "tls_handshake_failure"),
     ("security", "pii_rejected"),
     ("security", "pii_detected"),
+    ("security", "rate_limit_exceeded"),
+    ("security", "auth_lockout"),
 )
 
 

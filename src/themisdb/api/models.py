@@ -67,4 +67,29 @@ class ReencryptIn(BaseModel):
     limit: StrictInt = Field(500, ge=1, le=5000)
 
 
-BODY_MODELS: tuple[type[BaseModel], ...] = (EntityIn, BatchIn, QueryIn, IndexIn, ReencryptIn)
+class ApiKeyIn(BaseModel):
+    model_config = _STRICT
+    name: StrictStr = Field(description="a label for people: letters, digits and _ . @ -")
+    scopes: list[StrictStr] = Field(min_length=1, description="data:read, data:write, ...")
+    tables: list[StrictStr] | None = Field(None, description="only these tables (omit: every)")
+    expires_in: StrictInt | StrictFloat | None = Field(
+        None, gt=0, description="seconds from now after which the key is refused"
+    )
+
+
+class ApiKeyChangeIn(BaseModel):
+    model_config = _STRICT
+    scopes: list[StrictStr] | None = Field(None, min_length=1)
+    tables: list[StrictStr] | None = Field(None, description="only these tables")
+    all_tables: StrictBool = Field(False, description="lift the table restriction")
+
+
+BODY_MODELS: tuple[type[BaseModel], ...] = (
+    EntityIn,
+    BatchIn,
+    QueryIn,
+    IndexIn,
+    ReencryptIn,
+    ApiKeyIn,
+    ApiKeyChangeIn,
+)

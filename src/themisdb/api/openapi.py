@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from themisdb import __version__
-from themisdb.api.auth import AUTHENTICATED
+from themisdb.access import AUTHENTICATED
 from themisdb.api.routes import ROUTES
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -39,7 +39,7 @@ def openapi_document() -> dict[str, Any]:
         }
         parameters = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in ("key", "table")
+            for name in ("key", "table", "id")
             if "{" + name + "}" in path
         ]
         if parameters:
@@ -70,6 +70,7 @@ _ERRORS = {
     "413": "body larger than THEMIS_MAX_BODY_BYTES",
     "415": "body is not application/json",
     "422": "well-formed JSON of the wrong shape",
+    "429": "rate limit exceeded or source locked out (see Retry-After)",
     "503": "storage unavailable",
 }
 

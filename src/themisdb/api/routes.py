@@ -11,6 +11,7 @@ import functools
 import io
 import itertools
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,23 +22,36 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from themisdb import __version__
-from themisdb.api._body import read_json, validate
-from themisdb.api.auth import (
+from themisdb.access import (
     ADMIN,
+    ANONYMOUS,
     AUDIT_READ,
     AUTHENTICATED,
     DATA_READ,
     DATA_WRITE,
+    KEYS_ADMIN,
     PII_READ,
-    Authenticator,
+    ApiKeyStore,
+    Limits,
     Principal,
+    SessionStore,
 )
+from themisdb.api._body import read_json, validate
+from themisdb.api.auth import Authenticator
 from themisdb.api.metrics import Metrics
-from themisdb.api.models import BatchIn, EntityIn, IndexIn, QueryIn, ReencryptIn
+from themisdb.api.models import (
+    ApiKeyChangeIn,
+    ApiKeyIn,
+    BatchIn,
+    EntityIn,
+    IndexIn,
+    QueryIn,
+    ReencryptIn,
+)
 from themisdb.audit import AuditBroker
 from themisdb.crypto import EncryptionSchema, wrapped_version
 from themisdb.database import Database
-from themisdb.errors import NotFound, Unprocessable
+from themisdb.errors import Forbidden, NotFound, Unprocessable
 from themisdb.keys import Rotatable
 from themisdb.posture import default_probes, evaluate, render
 from themisdb.redaction import PiiRuntime
@@ -66,6 +80,7 @@ class Services:
     auth: Authenticator
     audit: AuditBroker | None = None
     pii: PiiRuntime | None = None
+    limits: Limits | None = None
 
 
 @dataclass
@@ -93,6 +108,18 @@ class Call:
     @property
     def pii_read(self) -> bool:
         return self.principal.allows(PII_READ)
+
+    def table(self, name: str) -> str:
+        """A table named by the client: valid, and one this credential may use."""
+        table = check_table(name)
+        self.principal.require_table(table)
+        return table
+
+    def key(self, raw: str) -> tuple[str, str]:
+        """``table:pk`` named by the client: valid, in a table this credential may use."""
+        table, pk = parse_key(raw)
+        self.principal.require_table(table)
+        return table, pk
 
 
 Handler = Callable[[Call], Awaitable[Response]]
@@ -123,7 +150,7 @@ def _object(value: Any, where: str) -> dict[str, Any]:
 
 
 async def put_entity(call: Call) -> Response:
-    table, pk = parse_key(call.request.path_params["key"])
+    table, pk = call.key(call.request.path_params["key"])
     entity = _object(await call.body(), "the entity")
     call.record("data_access", "write", {"table": table, "key": pk})
     op = await run_in_threadpool(call.db.put_op, table, pk, entity)
@@ -133,7 +160,7 @@ async def put_entity(call: Call) -> Response:
 
 async def post_entity(call: Call) -> Response:
     item = validate(EntityIn, await call.body())
-    table, pk = parse_key(item.key)
+    table, pk = call.key(item.key)
     call.record("data_access", "write", {"table": table, "key": pk})
     op = await run_in_threadpool(call.db.put_op, table, pk, item.blob)
     (lsn,) = await call.write([op])
@@ -141,7 +168,7 @@ async def post_entity(call: Call) -> Response:
 
 
 async def get_entity(call: Call) -> Response:
-    table, pk = parse_key(call.request.path_params["key"])
+    table, pk = call.key(call.request.path_params["key"])
     call.record("data_access", "read", {"table": table, "key": pk})
     entity = await run_in_threadpool(
         functools.partial(call.db.get, table, pk, pii_read=call.pii_read)
@@ -152,7 +179,7 @@ async def get_entity(call: Call) -> Response:
 
 
 async def delete_entity(call: Call) -> Response:
-    table, pk = parse_key(call.request.path_params["key"])
+    table, pk = call.key(call.request.path_params["key"])
     call.record("data_access", "delete", {"table": table, "key": pk})
     (lsn,) = await call.write([call.db.delete_op(table, pk)])
     if lsn is None:
@@ -165,7 +192,7 @@ async def batch_put(call: Call) -> Response:
     keys = []
     for number, item in enumerate(batch.entities):
         try:
-            keys.append(parse_key(item.key))
+            keys.append(call.key(item.key))
         except Unprocessable as exc:
             raise Unprocessable(f"entities[{number}]: {exc.message}", code=exc.code) from exc
 
@@ -186,7 +213,7 @@ async def batch_put(call: Call) -> Response:
 
 async def query(call: Call) -> Response:
     body = validate(QueryIn, await call.body())
-    table = check_table(body.table)
+    table = call.table(body.table)
     order = body.order_by
     limit = body.limit if body.limit is not None else (order.limit if order else None)
     q = Query(
@@ -228,7 +255,7 @@ async def query(call: Call) -> Response:
 
 async def create_index(call: Call) -> Response:
     body = validate(IndexIn, await call.body())
-    table, column = check_table(body.table), check_field(body.column)
+    table, column = call.table(body.table), check_field(body.column)
     call.db.check_index(table, column)
     call.record("administrative", "index.create", {"table": table, "column": column})
     (lsn,) = await call.write([Op("create_index", table, column)])
@@ -237,7 +264,7 @@ async def create_index(call: Call) -> Response:
 
 async def drop_index(call: Call) -> Response:
     body = validate(IndexIn, await call.body())
-    table, column = check_table(body.table), check_field(body.column)
+    table, column = call.table(body.table), check_field(body.column)
     call.record("administrative", "index.drop", {"table": table, "column": column})
     (lsn,) = await call.write([Op("drop_index", table, column)])
     return JSONResponse({"table": table, "column": column, "dropped": True, "lsn": lsn})
@@ -250,13 +277,14 @@ async def index_stats(call: Call) -> Response:
             "indexes": [
                 {"table": i.table, "column": i.field, "entries": i.entries, "created": i.created}
                 for i in stats
+                if call.principal.may_use_table(i.table)
             ]
         }
     )
 
 
 async def export_table(call: Call) -> Response:
-    table = check_table(call.request.path_params["table"])
+    table = call.table(call.request.path_params["table"])
     if not await run_in_threadpool(call.services.storage.has_table, table):
         raise NotFound(f"table {table} does not exist", code="table_not_found")
     entities = call.db.export(table, pii_read=call.pii_read)
@@ -336,7 +364,7 @@ async def rotate_keys(call: Call) -> Response:
 
 async def reencrypt(call: Call) -> Response:
     body = validate(ReencryptIn, await call.body())
-    table = check_table(body.table)
+    table = call.table(body.table)
     call.record("administrative", "key.reencrypt", {"table": table, "after": body.after})
     page = await run_in_threadpool(call.db.reencrypt_page, table, body.after, body.limit)
     total = await run_in_threadpool(call.services.storage.count, table)
@@ -427,6 +455,109 @@ async def audit_export(call: Call) -> Response:
     return StreamingResponse(lines(), media_type=media)
 
 
+# --- API keys and sessions --------------------------------------------------------------------
+
+
+def _keys(call: Call) -> ApiKeyStore:
+    keys = call.services.auth.keys
+    assert keys is not None  # the server always builds the store
+    return keys
+
+
+def _sessions(call: Call) -> SessionStore:
+    sessions = call.services.auth.sessions
+    assert sessions is not None
+    return sessions
+
+
+async def create_api_key(call: Call) -> Response:
+    body = validate(ApiKeyIn, await call.body())
+    expires = time.time() + body.expires_in if body.expires_in is not None else None
+    token, key = await run_in_threadpool(
+        _keys(call).create, body.name, body.scopes, body.tables, expires
+    )
+    call.record(
+        "administrative",
+        "api_key.create",
+        {"id": key.id, "name": key.name, "scopes": list(key.scopes), "tables": key.tables},
+    )
+    # The secret is in this response only: just its hash is stored.
+    return JSONResponse({**key.public(), "token": token}, status_code=201)
+
+
+async def list_api_keys(call: Call) -> Response:
+    keys = await run_in_threadpool(_keys(call).all)
+    call.record("administrative", "api_key.list", {"count": len(keys)})
+    return JSONResponse({"keys": [k.public() for k in keys]})
+
+
+async def change_api_key(call: Call) -> Response:
+    key_id = call.request.path_params["id"]
+    body = validate(ApiKeyChangeIn, await call.body())
+    if body.scopes is None and body.tables is None and not body.all_tables:
+        raise Unprocessable("give scopes, tables or all_tables", code="invalid_body")
+    before, after = await run_in_threadpool(
+        functools.partial(
+            _keys(call).change,
+            key_id,
+            scopes=body.scopes,
+            tables=body.tables,
+            all_tables=body.all_tables,
+        )
+    )
+    call.record(
+        "authorization",
+        "role.change",
+        {
+            "id": key_id,
+            "scopes": {"before": list(before.scopes), "after": list(after.scopes)},
+            "tables": {"before": before.tables, "after": after.tables},
+        },
+    )
+    return JSONResponse(after.public())
+
+
+async def revoke_api_key(call: Call) -> Response:
+    key_id = call.request.path_params["id"]
+    key = await run_in_threadpool(_keys(call).revoke, key_id)
+    call.record("administrative", "api_key.revoke", {"id": key_id, "name": key.name})
+    return JSONResponse(key.public())
+
+
+async def create_session(call: Call) -> Response:
+    principal = call.principal
+    if principal is ANONYMOUS or principal.name.startswith("session:"):
+        raise Forbidden(
+            "a session is made from an API key or a token, not from a session or no token",
+            code="credential_required",
+        )
+    header = call.request.headers.get("authorization", "")
+    token = header.partition(" ")[2].strip()
+    sessions = _sessions(call)
+    parent = call.services.auth.parent_of(principal, token)
+    secret, session = sessions.create(parent, principal.identity)
+    call.record("authentication", "session.create", {"id": session.id, "owner": session.owner})
+    public = session.public(sessions.idle_timeout, sessions.lifetime)
+    return JSONResponse({**public, "token": secret}, status_code=201)
+
+
+async def list_sessions(call: Call) -> Response:
+    sessions = _sessions(call)
+    mine = sessions.of_owner(call.principal.identity)
+    call.record("authentication", "session.list", {"count": len(mine)})
+    return JSONResponse(
+        {"sessions": [s.public(sessions.idle_timeout, sessions.lifetime) for s in mine]}
+    )
+
+
+async def delete_session(call: Call) -> Response:
+    session_id = call.request.path_params["id"]
+    owner = None if call.principal.allows(ADMIN) else call.principal.identity
+    session = _sessions(call).revoke(session_id, owner=owner)
+    call.record("authentication", "session.logout", {"id": session.id, "owner": session.owner})
+    return JSONResponse({"id": session.id, "deleted": True})
+
+
 ROUTES: tuple[Endpoint, ...] = (
     Endpoint("GET", "/", AUTHENTICATED, "Service name, version and mode", root),
     Endpoint("GET", "/openapi.json", AUTHENTICATED, "This API description", openapi),
@@ -474,9 +605,15 @@ ROUTES: tuple[Endpoint, ...] = (
         put_schema,
         EncryptionSchema,
     ),
-    Endpoint("GET", "/keys", ADMIN, "Master key version and data keys with their ages", key_status),
     Endpoint(
-        "POST", "/keys/rotate", ADMIN, "New master key version; rewrap every data key", rotate_keys
+        "GET", "/keys", KEYS_ADMIN, "Master key version and data keys with their ages", key_status
+    ),
+    Endpoint(
+        "POST",
+        "/keys/rotate",
+        KEYS_ADMIN,
+        "New master key version; rewrap every data key",
+        rotate_keys,
     ),
     Endpoint("GET", "/api/audit", AUDIT_READ, "Audit events, filtered", audit_query),
     Endpoint(
@@ -490,9 +627,42 @@ ROUTES: tuple[Endpoint, ...] = (
     Endpoint(
         "POST",
         "/keys/reencrypt",
-        ADMIN,
+        KEYS_ADMIN,
         "Re-encrypt one page of a table under its newest data key",
         reencrypt,
         ReencryptIn,
+    ),
+    Endpoint(
+        "POST",
+        "/api/keys",
+        ADMIN,
+        "Create an API key (its token is shown once)",
+        create_api_key,
+        ApiKeyIn,
+    ),
+    Endpoint("GET", "/api/keys", ADMIN, "API keys, without their secrets", list_api_keys),
+    Endpoint(
+        "PATCH",
+        "/api/keys/{id}",
+        ADMIN,
+        "Change an API key's scopes or tables",
+        change_api_key,
+        ApiKeyChangeIn,
+    ),
+    Endpoint("DELETE", "/api/keys/{id}", ADMIN, "Revoke an API key", revoke_api_key),
+    Endpoint(
+        "POST",
+        "/auth/sessions",
+        AUTHENTICATED,
+        "Exchange an API key or token for a session token",
+        create_session,
+    ),
+    Endpoint("GET", "/auth/sessions", AUTHENTICATED, "The caller's sessions", list_sessions),
+    Endpoint(
+        "DELETE",
+        "/auth/sessions/{id}",
+        AUTHENTICATED,
+        "Log out a session (admin: any session)",
+        delete_session,
     ),
 )

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
+from themisdb.access import ApiKeyStore, Limits, Session, SessionStore
 from themisdb.api.app import create_app, create_internal_app
 from themisdb.api.auth import Authenticator
 from themisdb.api.metrics import Metrics
@@ -191,6 +192,25 @@ def _startup_events(audit: AuditBroker, report: Report, provider: str) -> None:
         )
 
 
+def _authenticator(
+    settings: Settings, storage: Storage, audit: AuditBroker | None
+) -> Authenticator:
+    def timed_out(session: Session) -> None:
+        if audit is not None:
+            audit.emit(
+                "authentication",
+                "session.timeout",
+                outcome="expired",
+                actor=f"session:{session.id}",
+                resource={"id": session.id, "owner": session.owner},
+            )
+
+    sessions = SessionStore(
+        settings.session_idle_timeout, settings.session_lifetime, on_expired=timed_out
+    )
+    return Authenticator(settings, keys=ApiKeyStore(storage), sessions=sessions)
+
+
 def _open_database(
     settings: Settings, storage: Storage, stack: contextlib.ExitStack, pii: PiiRuntime
 ) -> Database:
@@ -266,7 +286,19 @@ def serve(settings: Settings, report: Report) -> None:
         )
         audit = _open_audit(settings, report, metrics, database.envelope.provider.name, stack)
         services = Services(
-            settings, storage, database, metrics, Authenticator(settings), audit, pii
+            settings,
+            storage,
+            database,
+            metrics,
+            _authenticator(settings, storage, audit),
+            audit,
+            pii,
+            Limits.build(
+                rate=settings.rate_limit_rps,
+                burst=settings.rate_limit_burst,
+                lockout_threshold=settings.auth_lockout_threshold,
+                lockout_max_seconds=settings.auth_lockout_max_seconds,
+            ),
         )
         reloader = _tls_reloader(settings, tls, metrics, audit)
         if reloader is not None:

@@ -261,6 +261,73 @@ def keys_reencrypt(ctx: click.Context, table: str, page: int) -> None:
     click.echo(f"{table}: {rewritten} entit(y/ies) re-encrypted")
 
 
+@keys.group("api")
+def keys_api() -> None:
+    """API keys of the running server: named, scoped, optionally limited to tables."""
+
+
+@keys_api.command("create")
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    help="Scope to grant (repeat): data:read, data:write, pii:read, audit:read, keys:admin, admin.",
+)
+@click.option("--table", "tables", multiple=True, help="Restrict the key to this table (repeat).")
+@click.option("--expires-in", type=click.FloatRange(min=1), help="Seconds until it is refused.")
+@click.pass_context
+def keys_api_create(
+    ctx: click.Context,
+    name: str,
+    scopes: tuple[str, ...],
+    tables: tuple[str, ...],
+    expires_in: float | None,
+) -> None:
+    """Create the API key NAME. Its token is printed once, on standard output, alone on the
+    last line: store it now, the server keeps only its hash."""
+    settings = _settings(ctx.obj["config"])
+    body: dict[str, object] = {"name": name, "scopes": list(scopes)}
+    if tables:
+        body["tables"] = list(tables)
+    if expires_in is not None:
+        body["expires_in"] = expires_in
+    created = _admin_call(settings, "POST", "/api/keys", body)
+    click.echo(f"created API key {created['id']} ({created['name']})", err=True)
+    click.echo(created["token"])
+
+
+@keys_api.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@click.pass_context
+def keys_api_list(ctx: click.Context, as_json: bool) -> None:
+    """The server's API keys (never their secrets)."""
+    listed = _admin_call(_settings(ctx.obj["config"]), "GET", "/api/keys")["keys"]
+    if as_json:
+        click.echo(json.dumps(listed, indent=2))
+        return
+    now = time.time()
+    for key in listed:
+        if key["revoked"] is not None:
+            state = "revoked"
+        elif key["expires"] is not None and key["expires"] <= now:
+            state = "expired"
+        else:
+            state = "active"
+        tables = ",".join(key["tables"]) if key["tables"] else "*"
+        click.echo(f"{key['id']}  {state:<8} {key['name']}  {','.join(key['scopes'])}  {tables}")
+
+
+@keys_api.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+def keys_api_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke the API key KEY_ID: refused from the next request on, with its sessions."""
+    revoked = _admin_call(_settings(ctx.obj["config"]), "DELETE", f"/api/keys/{key_id}")
+    click.echo(f"revoked API key {revoked['id']} ({revoked['name']})")
+
+
 def _admin_call(
     settings: Settings, method: str, path: str, body: dict[str, object] | None = None
 ) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 
 from themisdb.posture._model import (
@@ -35,6 +36,7 @@ THREATS = "Threat Model Quick Reference"
 STORAGE = "ThemisDB-Python: storage durability"
 
 TOKEN_MAX_AGE_DAYS = 90
+PREVIOUS_TOKEN_MAX_DAYS = 30  # our limit on a rotation's overlap: the spec's rotation is 90
 WAL_CERT_MAX_DAYS = 30
 EXPIRY_WARNING_DAYS = 30
 _WELL_KNOWN_PINS = {
@@ -114,6 +116,56 @@ def _admin_token_age(ctx: Context) -> Outcome:
     if age > TOKEN_MAX_AGE_DAYS * 86400:
         return failed(f"the token file was last changed {days} days ago (limit 90): rotate it")
     return passed(f"the token file was last changed {days} days ago")
+
+
+def _previous_admin_token(ctx: Context) -> Outcome:
+    s = ctx.settings
+    previous, until = s.token_admin_previous, s.token_admin_previous_until
+    if previous is None or until is None:  # settings refuse one without the other
+        return not_applicable("no previous admin token is set")
+    weakness = token_weakness(previous.get_secret_value())
+    if weakness:
+        return failed(f"THEMIS_TOKEN_ADMIN_PREVIOUS {weakness}")
+    if s.token_admin is not None and hmac.compare_digest(
+        previous.get_secret_value(), s.token_admin.get_secret_value()
+    ):
+        return failed("THEMIS_TOKEN_ADMIN_PREVIOUS is the current admin token: nothing rotated")
+    days = (until - ctx.now).total_seconds() / 86400
+    if days > PREVIOUS_TOKEN_MAX_DAYS:
+        return failed(
+            f"THEMIS_TOKEN_ADMIN_PREVIOUS is accepted for {days:.0f} more days "
+            f"(limit {PREVIOUS_TOKEN_MAX_DAYS})"
+        )
+    if days <= 0:
+        return passed(f"refused since {until.isoformat()} (see auth.admin_token_previous_expired)")
+    return passed(f"accepted until {until.isoformat()} ({days:.1f} days)")
+
+
+def _previous_admin_token_expired(ctx: Context) -> Outcome:
+    until = ctx.settings.token_admin_previous_until
+    if ctx.settings.token_admin_previous is None or until is None:
+        return not_applicable("no previous admin token is set")
+    if until <= ctx.now:
+        return failed(f"its deadline {until.isoformat()} has passed: remove it")
+    return passed(f"its deadline {until.isoformat()} is ahead")
+
+
+def _rate_limited(ctx: Context) -> Outcome:
+    s = ctx.settings
+    off = [
+        name
+        for name, value in (
+            ("THEMIS_RATE_LIMIT_RPS", s.rate_limit_rps),
+            ("THEMIS_AUTH_LOCKOUT_THRESHOLD", s.auth_lockout_threshold),
+        )
+        if not value
+    ]
+    if off:
+        return failed(f"{' and '.join(off)} = 0: disabled")
+    return passed(
+        f"{s.rate_limit_rps:g} requests/s (burst {s.rate_limit_burst}) per source and per "
+        f"credential; lockout after {s.auth_lockout_threshold} failures"
+    )
 
 
 def _secondary_tokens(ctx: Context) -> Outcome:

@@ -43,8 +43,11 @@ from themisdb.posture._checks import (
     _master_key_usable,
     _pii_force_init_fail,
     _pii_strict,
+    _previous_admin_token,
+    _previous_admin_token_expired,
     _process,
     _production_flag,
+    _rate_limited,
     _rotation_90_days,
     _rotation_schedule,
     _san_matches,
@@ -112,6 +115,40 @@ RULES: tuple[Rule, ...] = (
         remediation="Rotate the token (replace the file behind THEMIS_TOKEN_ADMIN_FILE) at least "
         "every 90 days and immediately after a suspected compromise.",
         check=_admin_token_age,
+        sections=(TOKENS,),
+    ),
+    Rule(
+        id="auth.admin_token_previous",
+        title="A previous admin token is strong, distinct, and accepted for at most 30 days",
+        severity=MUST,
+        variables=("THEMIS_TOKEN_ADMIN_PREVIOUS", "THEMIS_TOKEN_ADMIN_PREVIOUS_UNTIL"),
+        risk="During a rotation the old token still opens every endpoint: a long or open-ended "
+        "overlap (or a weak old token) defeats the rotation.",
+        remediation="Set THEMIS_TOKEN_ADMIN_PREVIOUS_UNTIL to the end of the roll-out, at most "
+        "30 days ahead; rotate to a new token from `themisdb token generate`.",
+        check=_previous_admin_token,
+        sections=(TOKENS,),
+    ),
+    Rule(
+        id="auth.admin_token_previous_expired",
+        title="No previous admin token is configured past its deadline",
+        severity=SHOULD,
+        variables=("THEMIS_TOKEN_ADMIN_PREVIOUS", "THEMIS_TOKEN_ADMIN_PREVIOUS_UNTIL"),
+        risk="The server already refuses it, but a retired secret left in the deployment is one "
+        "more copy to leak and a sign the rotation was not finished.",
+        remediation="Remove THEMIS_TOKEN_ADMIN_PREVIOUS (and _UNTIL) once its deadline passed.",
+        check=_previous_admin_token_expired,
+        sections=(TOKENS,),
+    ),
+    Rule(
+        id="auth.rate_limit",
+        title="Rate limiting and the brute-force lockout are on",
+        severity=SHOULD,
+        variables=("THEMIS_RATE_LIMIT_RPS", "THEMIS_AUTH_LOCKOUT_THRESHOLD"),
+        risk="Without them one client can flood the API or guess tokens at full speed.",
+        remediation="Keep THEMIS_RATE_LIMIT_RPS and THEMIS_AUTH_LOCKOUT_THRESHOLD above 0 "
+        "(defaults 1000 and 5).",
+        check=_rate_limited,
         sections=(TOKENS,),
     ),
     Rule(

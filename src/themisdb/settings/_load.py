@@ -204,6 +204,11 @@ def _describe(exc: ValidationError, raw: Mapping[str, Any]) -> list[str]:
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key"
+        if error["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+            if not loc:  # a rule across settings: its message names the variables
+                lines.append(message)
+                continue
         value = raw.get(head) if len(loc) == 1 else None
         if value is not None and head not in secrets and isinstance(value, str):
             lines.append(f"{path}={value!r}: {message}")

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ByteSize,
     ConfigDict,
     Field,
     SecretStr,
     field_validator,
+    model_validator,
 )
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", populate_by_name=False)
@@ -130,6 +132,7 @@ class SecretSource:
 # Variables whose value may also be read from a file named by VARIABLE_FILE.
 SECRET_FILE_VARIABLES = (
     "THEMIS_TOKEN_ADMIN",
+    "THEMIS_TOKEN_ADMIN_PREVIOUS",
     "THEMIS_TOKEN_READONLY",
     "THEMIS_TOKEN_ANALYST",
     "THEMIS_VAULT_TOKEN",
@@ -199,6 +202,57 @@ class Settings(BaseModel):
         alias="THEMIS_TOKEN_ANALYST",
         description="token with scope data:read, never of fields classified pii/restricted; "
         "also THEMIS_TOKEN_ANALYST_FILE",
+    )
+
+    token_admin_previous: SecretStr | None = Field(
+        None,
+        alias="THEMIS_TOKEN_ADMIN_PREVIOUS",
+        description="the admin token being rotated out: also accepted until "
+        "THEMIS_TOKEN_ADMIN_PREVIOUS_UNTIL, then refused; also THEMIS_TOKEN_ADMIN_PREVIOUS_FILE",
+    )
+    token_admin_previous_until: AwareDatetime | None = Field(
+        None,
+        alias="THEMIS_TOKEN_ADMIN_PREVIOUS_UNTIL",
+        description="RFC 3339 time with offset (2026-03-01T00:00:00Z) after which "
+        "THEMIS_TOKEN_ADMIN_PREVIOUS is refused; required with it",
+    )
+    session_idle_timeout: float = Field(
+        900,
+        gt=0,
+        alias="THEMIS_SESSION_IDLE_TIMEOUT",
+        description="seconds a session token may go unused before it expires",
+    )
+    session_lifetime: float = Field(
+        28800,
+        gt=0,
+        alias="THEMIS_SESSION_LIFETIME",
+        description="seconds after which a session token expires however much it is used",
+    )
+    rate_limit_rps: float = Field(
+        1000,
+        ge=0,
+        alias="THEMIS_RATE_LIMIT_RPS",
+        description="API requests per second allowed per source address and per credential "
+        "(token bucket; 0 disables rate limiting)",
+    )
+    rate_limit_burst: int = Field(
+        2000,
+        ge=1,
+        alias="THEMIS_RATE_LIMIT_BURST",
+        description="bucket size: requests a source or credential may send at once",
+    )
+    auth_lockout_threshold: int = Field(
+        5,
+        ge=0,
+        alias="THEMIS_AUTH_LOCKOUT_THRESHOLD",
+        description="failed authentications from one source address before it is locked out "
+        "(1 s, then doubling on every further failure; 0 disables the lockout)",
+    )
+    auth_lockout_max_seconds: float = Field(
+        900,
+        gt=0,
+        alias="THEMIS_AUTH_LOCKOUT_MAX_SECONDS",
+        description="longest lockout; failures older than this are forgotten",
     )
 
     # --- storage and API limits --------------------------------------------------------------
@@ -399,6 +453,15 @@ class Settings(BaseModel):
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("expected a URL such as https://vault.example.com:8200")
         return value
+
+    @model_validator(mode="after")
+    def _previous_token_has_a_deadline(self) -> Settings:
+        if self.token_admin_previous is not None and self.token_admin_previous_until is None:
+            raise ValueError(
+                "THEMIS_TOKEN_ADMIN_PREVIOUS needs THEMIS_TOKEN_ADMIN_PREVIOUS_UNTIL (RFC 3339): "
+                "a previous token is accepted only until a deadline"
+            )
+        return self
 
     @property
     def production(self) -> bool:

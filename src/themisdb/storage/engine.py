@@ -522,6 +522,15 @@ class Storage:
             ).fetchone()
         return str(row[0]) if row else None
 
+    def meta_items(self, prefix: str) -> dict[str, str]:
+        """Every value written with ``set_meta`` whose key starts with ``prefix``."""
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT key, value FROM themis_meta WHERE substr(key, 1, ?) = ? ORDER BY key",
+                (len(prefix) + 5, f"user:{prefix}"),
+            ).fetchall()
+        return {str(k).removeprefix("user:"): str(v) for k, v in rows}
+
     def deks(self, table: str | None = None) -> list[tuple[str, int, str, float]]:
         """Wrapped data keys: (table, version, wrapped, created), oldest version first."""
         with self._reader() as conn:
