@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Debian packages the test suite needs (real services, not mocks).
 TEST_DEB_PACKAGES := softhsm2 rsyslog rsyslog-gnutls
 
-.PHONY: run test lint lock check-docs clean
+.PHONY: run test lint lock check-docs proto clean
 
 run: $(VENV)/.runtime
 	$(BIN)/themisdb serve
@@ -23,6 +23,10 @@ lint: $(VENV)/.dev
 # Regenerate docs/CHECKLISTS/pre_deployment.md from the rule table.
 check-docs: $(VENV)/.runtime
 	$(BIN)/themisdb check --format markdown --all > docs/CHECKLISTS/pre_deployment.md
+
+# Regenerate the gRPC code of proto/ (a test fails when the committed code is stale).
+proto: $(VENV)/.dev
+	scripts/proto.sh
 
 # Re-pin every dependency (with hashes) after changing pyproject.toml.
 lock: $(VENV)/.dev

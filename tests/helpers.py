@@ -14,11 +14,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from themisdb.audit import Signer
 from themisdb.posture import generate_token
@@ -36,8 +37,11 @@ def write_cert(
     key: str = "ec-p256",
     not_before: dt.datetime | None = None,
     passphrase: bytes | None = None,
+    issuer: tuple[Path, Path] | None = None,
+    ca: bool = False,
 ) -> tuple[Path, Path]:
-    """A self-signed certificate and its key, as PEM files with mode 0600 for the key."""
+    """A certificate and its key, as PEM files with mode 0600 for the key: self-signed, or
+    issued by ``issuer`` (the (certificate, key) paths of a ``ca=True`` certificate)."""
     private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
     if key == "ec-p256":
         private = ec.generate_private_key(ec.SECP256R1())
@@ -55,17 +59,40 @@ def write_cert(
         except ValueError:
             sans.append(x509.DNSName(host))
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
-    cert = (
+    signer: Any = private
+    issuer_name = subject
+    if issuer is not None:
+        issuer_cert = x509.load_pem_x509_certificate(issuer[0].read_bytes())
+        signer = serialization.load_pem_private_key(issuer[1].read_bytes(), password=None)
+        issuer_name = issuer_cert.subject
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(subject)
+        .issuer_name(issuer_name)
         .public_key(private.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .sign(private, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(private.public_key()), False)
     )
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        builder = builder.add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+        )
+    else:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), False
+        )
+    cert = builder.sign(signer, hashes.SHA256())
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     encryption: serialization.KeySerializationEncryption = (
@@ -93,8 +120,8 @@ def replication_env(
     directory: Path, *, days: int = 20, overrides: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """A leader with complete mTLS material (certificate, key, dedicated CA), then overrides."""
-    cert, key = write_cert(directory, "wal", hostnames=("node-1",), days=days)
-    ca, _ = write_cert(directory, "wal-ca", hostnames=("ca",), days=days)
+    ca, ca_key = write_cert(directory, "wal-ca", hostnames=("wal-ca",), days=days, ca=True)
+    cert, key = write_cert(directory, "wal", hostnames=("node-1",), days=days, issuer=(ca, ca_key))
     return {
         "THEMIS_ROLE": "leader",
         "THEMIS_WAL_GRPC_ENABLE_MTLS": "1",

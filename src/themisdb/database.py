@@ -36,7 +36,12 @@ class Database:
         self.storage = storage
         self.envelope = envelope
         self.pii = pii
-        stored = storage.meta(SCHEMA_KEY)
+        self.schema = EncryptionSchema()
+        self.reload_schema()
+
+    def reload_schema(self) -> None:
+        """Read the encryption schema from storage (a follower, after the leader changed it)."""
+        stored = self.storage.meta(SCHEMA_KEY)
         self.schema = EncryptionSchema.model_validate_json(stored) if stored else EncryptionSchema()
 
     # --- schema ---------------------------------------------------------------------------------
@@ -64,7 +69,8 @@ class Database:
         that the keys.master_key_age posture rule compares with THEMIS_KEY_ROTATION_DAYS)."""
         provider = self.envelope.provider
         key = f"{MASTER_KEY_SINCE}{provider.name}:{provider.current_key_id()}"
-        if self.storage.meta(key) is None:
+        # A follower records nothing: its leader's record of the same key replicates here.
+        if self.storage.refusal is None and self.storage.meta(key) is None:
             self.storage.write([Op("set_meta", "_meta", key, str(time.time()))])
 
     # --- writes (prepare ops; the caller submits them) ------------------------------------------

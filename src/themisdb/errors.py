@@ -17,6 +17,7 @@
     ├── MasterKeyMissing       the key manager has no master key (run `themisdb keys init`)
     ├── AuditUnavailable       block mode: no audit sink can write, the request is refused (503)
     ├── StorageError           the storage engine failed (503; clients see no detail)
+    ├── ReplicationError       a replication peer or log cannot be followed (diverged, stale)
     └── InternalError          a bug; clients see only an id
 
 Later subsystems add their classes here (IntegrityError, KeyProviderUnavailable, ...), so that
@@ -128,6 +129,15 @@ class AuditUnavailable(ThemisError):
 
 class StorageError(ThemisError):
     """The storage engine could not do what was asked (disk full, unwritable, closed)."""
+
+
+class ReplicationError(ThemisError):
+    """Replication cannot go on as asked: the logs diverged, a record does not apply, a peer's
+    epoch is stale, or the follower is behind the leader's retained log. ``code`` is stable."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class InternalError(ThemisError):

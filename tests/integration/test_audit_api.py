@@ -163,9 +163,8 @@ def test_block_mode_refuses_requests_while_no_sink_can_write(tmp_path: Path) -> 
             assert admin.put("/entities/blocked:before", json={"v": 1}).status_code == 200
             _immutable(log, True)
             try:
-                # The first request after the failure is recorded in the spool (not lost) and
-                # marks the sink down; from then on requests are refused before they act.
-                admin.get("/index/stats")
+                # The very first write after the failure is refused before it acts: its
+                # admission is written first, that write fails (and is spooled, not lost).
                 refused = admin.put("/entities/blocked:during", json={"v": 2})
                 assert refused.status_code == 503
                 assert refused.json()["error"] == "audit_unavailable"

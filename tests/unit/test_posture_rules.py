@@ -392,7 +392,12 @@ CASES: list[tuple[str, Status, Env, str]] = [
         "not valid before",
     ),
     ("wal.mtls", Status.PASS, wal, "mutual TLS"),
-    ("wal.mtls", Status.FAIL, lambda t: {"THEMIS_ROLE": "follower"}, "plaintext"),
+    (
+        "wal.mtls",
+        Status.FAIL,
+        lambda t: {"THEMIS_ROLE": "follower", "THEMIS_REPLICATE_FROM": "node-1:50051"},
+        "plaintext",
+    ),
     (
         "wal.mtls",
         Status.FAIL,
@@ -400,7 +405,7 @@ CASES: list[tuple[str, Status, Env, str]] = [
         "REQUIRE_CLIENT_CERT",
     ),
     ("wal.mtls", Status.NOT_APPLICABLE, lambda t: {}, "single node"),
-    ("wal.certificates", Status.PASS, wal, "readable and match"),
+    ("wal.certificates", Status.PASS, wal, "readable, match and chain"),
     (
         "wal.certificates",
         Status.FAIL,
@@ -412,6 +417,18 @@ CASES: list[tuple[str, Status, Env, str]] = [
         Status.FAIL,
         lambda t: wal(t, THEMIS_WAL_GRPC_CA_CERT_PATH=str(t / "no-ca.crt")),
         "does not exist",
+    ),
+    (
+        "wal.certificates",
+        Status.FAIL,
+        # A CA that did not issue the node's certificate: peers would refuse it.
+        lambda t: wal(
+            t,
+            THEMIS_WAL_GRPC_CA_CERT_PATH=str(
+                write_cert(t, "other-ca", hostnames=("x",), ca=True)[0]
+            ),
+        ),
+        "does not verify against THEMIS_WAL_GRPC_CA_CERT_PATH",
     ),
     (
         "wal.dedicated_ca",

@@ -63,6 +63,13 @@ def _wrap(endpoint: Endpoint, services: Services) -> Callable[[Request], Awaitab
         audit = _RequestAudit(services.audit, request, endpoint, services.pii)
         try:
             principal = _admit(request, endpoint, services, audit)
+            broker = services.audit
+            if broker is not None and broker.block:
+                # Vault's order: the request is on record before anything happens. A sink
+                # that fails on this write is found now, and the request refused, not after.
+                await audit.aflush()
+                if not broker.available:
+                    raise AuditUnavailable("no audit sink can write")
             call = Call(request, principal, services)
             try:
                 response = await endpoint.handler(call)
@@ -314,11 +321,19 @@ def create_internal_app(services: Services) -> Starlette:
         broker = services.audit
         if broker is not None and broker.block:
             checks["audit"] = "ok" if broker.available else "no audit sink can write"
+        document: dict[str, object] = {"checks": checks}
+        node = services.replication
+        if node is not None:
+            checks["replication"] = node.health()
+            status = await run_in_threadpool(node.status)
+            document["replication"] = status.get("following") or {
+                "role": status["role"],
+                "epoch": status["epoch"],
+                "last_lsn": status["last_lsn"],
+            }
         healthy = all(value == "ok" for value in checks.values())
-        return JSONResponse(
-            {"status": "ready" if healthy else "unavailable", "checks": checks},
-            status_code=200 if healthy else 503,
-        )
+        document["status"] = "ready" if healthy else "unavailable"
+        return JSONResponse(document, status_code=200 if healthy else 503)
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -6,12 +6,17 @@ input or secrets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from themisdb.audit import CATEGORIES, AuditBroker
 from themisdb.posture import Report
+from themisdb.replication import ReplicationNode
+from themisdb.storage import LogRecord
 
 # (category, event) pairs that exist from the start, so that dashboards and alerts see zeros.
 SECURITY_EVENTS = (
@@ -28,6 +33,9 @@ SECURITY_EVENTS = (
     ("security", "pii_detected"),
     ("security", "rate_limit_exceeded"),
     ("security", "auth_lockout"),
+    ("security", "replication_handshake_failure"),
+    ("security", "replication_peer_refused"),
+    ("security", "replication_stale_leader"),
 )
 
 
@@ -110,6 +118,33 @@ class Metrics:
         for result in ("success", "rejected"):
             self.tls_reloads.labels(result)
 
+    def watch_replication(self, node: ReplicationNode) -> None:
+        """Role, epoch, lag per follower (leader) and of this follower, apply rate, reconnects."""
+        self.registry.register(_ReplicationCollector(node))
+        self.replication_applied = Counter(
+            "themisdb_replication_applied_records",
+            "Log records this follower applied (rate() is the apply rate).",
+            registry=self.registry,
+        )
+        self.replication_reconnects = Counter(
+            "themisdb_replication_reconnects",
+            "Times this follower lost its leader stream and connected again.",
+            registry=self.registry,
+        )
+        self.replication_delay = Histogram(
+            "themisdb_replication_apply_delay_seconds",
+            "Time from the leader's commit of a record to its apply here (both clocks: "
+            "meaningful across hosts only with synchronised clocks).",
+            registry=self.registry,
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
+        )
+
+    def replication_applied_records(self, records: list[LogRecord]) -> None:
+        now = time.time()
+        self.replication_applied.inc(len(records))
+        for record in records[:: max(1, len(records) // 16)]:  # a sample of each batch
+            self.replication_delay.observe(max(0.0, now - record.ts))
+
     def audit_events_inc(self, category: str) -> None:
         self.audit_events.labels(category).inc()
 
@@ -133,3 +168,50 @@ class Metrics:
 
 def _depth_of(broker: AuditBroker, name: str) -> Callable[[], float]:
     return lambda: float(broker.spool_depths()[name])
+
+
+class _ReplicationCollector(Collector):
+    """Gauges read at scrape time; follower ids are validated names, at most 32 of them."""
+
+    def __init__(self, node: ReplicationNode) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        status = self.node.status()
+        role = GaugeMetricFamily(
+            "themisdb_replication_role", "1 for this node's replication role.", labels=["role"]
+        )
+        for name in ("leader", "follower", "deposed"):
+            role.add_metric([name], 1.0 if status["role"] == name else 0.0)
+        yield role
+        yield GaugeMetricFamily("themisdb_replication_epoch", "Leader epoch.", status["epoch"])
+        yield GaugeMetricFamily(
+            "themisdb_replication_last_lsn", "Last LSN in this node's log.", status["last_lsn"]
+        )
+        records = GaugeMetricFamily(
+            "themisdb_replication_follower_lag_records",
+            "Records each follower of this leader has not acknowledged.",
+            labels=["follower"],
+        )
+        seconds = GaugeMetricFamily(
+            "themisdb_replication_follower_lag_seconds",
+            "Age of the oldest record each follower has not acknowledged.",
+            labels=["follower"],
+        )
+        for follower in status["followers"]:
+            records.add_metric([follower["follower_id"]], follower["lag_records"])
+            seconds.add_metric([follower["follower_id"]], follower["lag_seconds"])
+        yield records
+        yield seconds
+        following = status.get("following")
+        if following is not None:
+            yield GaugeMetricFamily(
+                "themisdb_replication_lag_records",
+                "Records this follower is behind its leader.",
+                following["lag_records"],
+            )
+            yield GaugeMetricFamily(
+                "themisdb_replication_lag_seconds",
+                "Seconds this follower is behind its leader (on the leader's clock).",
+                following["lag_seconds"],
+            )

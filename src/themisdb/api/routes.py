@@ -51,10 +51,11 @@ from themisdb.api.models import (
 from themisdb.audit import AuditBroker
 from themisdb.crypto import EncryptionSchema, wrapped_version
 from themisdb.database import Database
-from themisdb.errors import Forbidden, NotFound, Unprocessable
+from themisdb.errors import Conflict, Forbidden, NotFound, Unprocessable
 from themisdb.keys import Rotatable
 from themisdb.posture import default_probes, evaluate, render
 from themisdb.redaction import PiiRuntime
+from themisdb.replication import ReplicationNode
 from themisdb.settings import Settings
 from themisdb.storage import (
     Op,
@@ -81,6 +82,7 @@ class Services:
     audit: AuditBroker | None = None
     pii: PiiRuntime | None = None
     limits: Limits | None = None
+    replication: ReplicationNode | None = None
 
 
 @dataclass
@@ -352,6 +354,8 @@ async def key_status(call: Call) -> Response:
 
 
 async def rotate_keys(call: Call) -> Response:
+    if call.services.storage.refusal is not None:  # before the key manager changes anything
+        raise call.services.storage.refusal
     provider = call.db.envelope.provider
     if not isinstance(provider, Rotatable):
         raise Unprocessable(f"the {provider.name} provider cannot rotate", code="not_rotatable")
@@ -360,6 +364,26 @@ async def rotate_keys(call: Call) -> Response:
     rewrapped = await run_in_threadpool(call.db.envelope.rewrap_all)
     await run_in_threadpool(call.db.note_master_key)
     return JSONResponse({"master_key": new_id, "rewrapped_data_keys": rewrapped})
+
+
+def _replication(call: Call) -> ReplicationNode:
+    if call.services.replication is None:
+        raise Conflict(
+            "this node does not replicate (THEMIS_ROLE=standalone)", code="not_replicating"
+        )
+    return call.services.replication
+
+
+async def replication_status(call: Call) -> Response:
+    node = _replication(call)
+    return JSONResponse(await run_in_threadpool(node.status))
+
+
+async def promote(call: Call) -> Response:
+    node = _replication(call)
+    call.record("administrative", "replication.promote", {"node": node.node_id})
+    epoch = await run_in_threadpool(node.promote)
+    return JSONResponse({"role": node.role, "epoch": epoch, "node_id": node.node_id})
 
 
 async def reencrypt(call: Call) -> Response:
@@ -587,6 +611,20 @@ ROUTES: tuple[Endpoint, ...] = (
         media="application/x-ndjson",
     ),
     Endpoint("GET", "/admin/security/posture", ADMIN, "The posture rules, evaluated now", posture),
+    Endpoint(
+        "GET",
+        "/admin/replication",
+        ADMIN,
+        "Replication role, epoch, LSNs, lag of this node and of its followers",
+        replication_status,
+    ),
+    Endpoint(
+        "POST",
+        "/admin/replication/promote",
+        ADMIN,
+        "Promote this follower to leader of a new epoch",
+        promote,
+    ),
     Endpoint(
         "GET", "/admin/config", ADMIN, "Effective settings, secrets redacted", effective_config
     ),

@@ -23,13 +23,14 @@ from themisdb.api.routes import Services
 from themisdb.audit import AuditBroker
 from themisdb.audit.setup import build_broker
 from themisdb.crypto import Envelope
-from themisdb.database import Database
+from themisdb.database import SCHEMA_KEY, Database
 from themisdb.errors import ThemisError
 from themisdb.keys import open_provider
 from themisdb.posture import Report
 from themisdb.redaction import PiiRuntime, install_log_redaction
+from themisdb.replication import NodeHooks, Pruner, Registry, ReplicationNode
 from themisdb.settings import Settings
-from themisdb.storage import Storage
+from themisdb.storage import LogRecord, Storage
 from themisdb.tls import TlsReloader, server_context, watch_handshake_failures
 
 _log = logging.getLogger("themisdb.server")
@@ -245,6 +246,61 @@ def _open_audit(
     return audit
 
 
+class _Late:
+    """Parts built after the replication node that its hooks report to."""
+
+    audit: AuditBroker | None = None
+    database: Database | None = None
+
+
+def _replication(
+    settings: Settings, storage: Storage, metrics: Metrics, stack: contextlib.ExitStack
+) -> tuple[ReplicationNode | None, _Late]:
+    """The log pruner (every role) and, unless standalone, the replication node: built before
+    anything else can write (a follower refuses client writes from the start) and before any
+    listener (misconfigured mTLS refuses the start)."""
+    late = _Late()
+    registry = Registry(storage, settings.retention)
+    pruner = Pruner(registry)
+    pruner.start()
+    stack.callback(pruner.stop)
+    if settings.role == "standalone":
+        return None, late
+
+    def event(
+        category: str, action: str, outcome: str, resource: dict[str, object], reason: str | None
+    ) -> None:
+        if late.audit is not None:
+            late.audit.emit(category, action, outcome=outcome, resource=resource, reason=reason)
+
+    def applied(records: list[LogRecord]) -> None:
+        metrics.replication_applied_records(records)
+        if late.database is not None and any(
+            r.op == "set_meta" and r.pk == SCHEMA_KEY for r in records
+        ):
+            late.database.reload_schema()  # a follower serves the leader's schema
+
+    def security(name: str) -> None:
+        metrics.security_event("security", name)
+
+    def reconnect() -> None:  # the counter exists once watch_replication ran, below
+        metrics.replication_reconnects.inc()
+
+    node = ReplicationNode(
+        settings,
+        storage,
+        registry,
+        NodeHooks(
+            event=event,
+            security=security,
+            applied=applied,
+            reconnect=reconnect,
+        ),
+    )
+    metrics.watch_replication(node)
+    return node, late
+
+
 def serve(settings: Settings, report: Report) -> None:
     """Open the storage, bind both listeners, serve until a stop signal, finish in-flight
     requests and queued writes, close the database, return."""
@@ -263,17 +319,25 @@ def serve(settings: Settings, report: Report) -> None:
         stack.callback(storage.close)
         metrics = Metrics()
         metrics.record_posture(report)
+        replication, late = _replication(settings, storage, metrics, stack)
         pii = PiiRuntime(
             settings,
             on_detected=lambda table, found: metrics.security_event("security", "pii_detected"),
         )
         install_log_redaction(pii)
-        database = _open_database(settings, storage, stack, pii)
+        database = late.database = _open_database(settings, storage, stack, pii)
         api_socket = stack.enter_context(
             bind(settings.http_bind_address, settings.http_port, "API")
         )
         internal_socket = stack.enter_context(
             bind(settings.health_bind_address, settings.health_port, "internal listener")
+        )
+        wal_socket = (
+            stack.enter_context(
+                bind(settings.wal_grpc_host, settings.wal_grpc_port, "replication listener")
+            )
+            if replication is not None and settings.wal_grpc_enable_mtls
+            else None
         )
         _log.info(
             "listening: API %s://%s:%d, internal http://%s:%d",
@@ -284,7 +348,12 @@ def serve(settings: Settings, report: Report) -> None:
             settings.health_port,
             extra={"pii_safe": True},
         )
-        audit = _open_audit(settings, report, metrics, database.envelope.provider.name, stack)
+        audit = late.audit = _open_audit(
+            settings, report, metrics, database.envelope.provider.name, stack
+        )
+        if replication is not None:
+            replication.start(wal_socket)
+            stack.callback(replication.close)
         services = Services(
             settings,
             storage,
@@ -299,6 +368,7 @@ def serve(settings: Settings, report: Report) -> None:
                 lockout_threshold=settings.auth_lockout_threshold,
                 lockout_max_seconds=settings.auth_lockout_max_seconds,
             ),
+            replication,
         )
         reloader = _tls_reloader(settings, tls, metrics, audit)
         if reloader is not None:

@@ -40,6 +40,7 @@ class _SinkState:
     sink: Sink
     spool: Spool
     healthy: bool = True
+    counted: bool = True  # counts for block mode (a configured output, not the implicit file)
     failures: int = 0
     next_retry: float = 0.0
     backoff: float = 0.5
@@ -56,6 +57,7 @@ class AuditBroker:
         node: str,
         signer: Signer | None,
         block: bool,
+        uncounted: tuple[Sink, ...] = (),
         checkpoint_every: int = 1000,
         checkpoint_seconds: float = 60,
         on_event: Callable[[str], None] = lambda category: None,
@@ -70,7 +72,9 @@ class AuditBroker:
         self._on_sink_failure = on_sink_failure
         self._lock = threading.Lock()
         spool_dir = data_dir / "audit" / "spool"
-        self._sinks = [_SinkState(s, Spool(spool_dir, s.name)) for s in sinks]
+        self._sinks = [
+            _SinkState(s, Spool(spool_dir, s.name), counted=s not in uncounted) for s in sinks
+        ]
         for sink in sinks:
             if isinstance(sink, FileSink):
                 sink.checkpoint = self.sign  # the first line of a rotated-in file
@@ -136,8 +140,10 @@ class AuditBroker:
 
     @property
     def available(self) -> bool:
-        """At least one sink takes records now (block mode refuses requests otherwise)."""
-        return any(state.healthy for state in self._sinks)
+        """At least one configured sink takes records now (block mode refuses requests
+        otherwise). The local file the broker adds on its own does not count: with a SIEM
+        down, "audited" would otherwise mean "only on this host"."""
+        return any(state.healthy for state in self._sinks if state.counted)
 
     def spool_depths(self) -> dict[str, int]:
         return {s.sink.name: s.spool.depth for s in self._sinks}

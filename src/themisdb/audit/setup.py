@@ -63,13 +63,18 @@ def build_broker(
         return None
     data = Path(settings.data_dir)
     outputs = list(audit.outputs)
+    implicit: FileOutput | None = None
     if not any(isinstance(o, FileOutput) for o in outputs):
         # The chain's local record (and what GET /api/audit reads): always present.
-        outputs.insert(0, FileOutput(type="file", path=str(data / "audit" / "audit.log")))
+        implicit = FileOutput(type="file", path=str(data / "audit" / "audit.log"))
+        outputs.insert(0, implicit)
     sinks: list[Sink] = []
+    uncounted: tuple[Sink, ...] = ()
     for output in outputs:
         if isinstance(output, FileOutput):
             sinks.append(FileSink(output))
+            if output is implicit and len(outputs) > 1:
+                uncounted = (sinks[-1],)  # block mode waits for a configured output
         elif isinstance(output, SyslogOutput):
             try:
                 sinks.append(SyslogSink.from_output(output))
@@ -81,6 +86,7 @@ def build_broker(
         node=settings.node_id or socket.gethostname(),
         signer=signer_for(settings),
         block=audit.on_failure == "block",
+        uncounted=uncounted,
         checkpoint_every=audit.signing.checkpoint_every,
         checkpoint_seconds=audit.signing.checkpoint_seconds,
         on_event=on_event,

@@ -1,4 +1,4 @@
-"""The ``themisdb`` command: serve, check, token generate.
+"""The ``themisdb`` command: serve, check, token, keys, audit, pii, replica.
 
 This is the edge: the only place that reads the process environment and builds Settings.
 Exit codes: 0 success; 1 failure (``check``: not production-ready); 69 the key manager is
@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, NoReturn
 
 import click
 
@@ -24,6 +20,10 @@ from themisdb import __version__
 from themisdb.api.serve import serve as run_server
 from themisdb.audit import load_public_key, verify
 from themisdb.audit.setup import hsm_signer, signer_for
+from themisdb.cli._common import admin_call as _admin_call
+from themisdb.cli._common import fail as _fail
+from themisdb.cli._common import settings as _settings
+from themisdb.cli.replica import replica
 from themisdb.errors import (
     EX_CONFIG,
     EX_UNAVAILABLE,
@@ -42,22 +42,8 @@ from themisdb.posture import (
     render,
     startup_gate,
 )
-from themisdb.settings import Settings, environ_snapshot, load_settings, read_env_file
 
 _log = logging.getLogger("themisdb")
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(message, err=True)
-    sys.exit(code)
-
-
-def _settings(config: str | None, env_file: str | None = None) -> Settings:
-    try:
-        environ = read_env_file(env_file) if env_file else environ_snapshot()
-        return load_settings(environ, config_file=config)
-    except ConfigError as exc:
-        _fail(exc.render(), EX_CONFIG)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -328,39 +314,6 @@ def keys_api_revoke(ctx: click.Context, key_id: str) -> None:
     click.echo(f"revoked API key {revoked['id']} ({revoked['name']})")
 
 
-def _admin_call(
-    settings: Settings, method: str, path: str, body: dict[str, object] | None = None
-) -> dict[str, Any]:
-    """Call the running server's admin API (tokens and TLS as configured)."""
-    host = settings.http_bind_address
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard bind is reached on loopback
-        host = "127.0.0.1"
-    tls = bool(settings.pki_certificate)
-    if tls and settings.service_hostname:
-        host = settings.service_hostname
-    url = f"{'https' if tls else 'http'}://{host}:{settings.http_port}{path}"
-    headers = {"Content-Type": "application/json"}
-    if settings.token_admin is not None:
-        headers["Authorization"] = f"Bearer {settings.token_admin.get_secret_value()}"
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
-    context = None
-    if tls:
-        context = ssl.create_default_context(cafile=settings.tls_ca or settings.pki_certificate)
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=120) as response:  # noqa: S310
-            result: dict[str, Any] = json.loads(response.read())
-            return result
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read()).get("message", exc.reason)
-        except ValueError:
-            message = exc.reason
-        _fail(f"themisdb: the server refused: {exc.code} {message}", 1)
-    except (urllib.error.URLError, OSError) as exc:
-        _fail(f"themisdb: cannot reach the server at {url}: {exc}", EX_UNAVAILABLE)
-
-
 @main.group()
 def audit() -> None:
     """The audit chain: verification and the verification key."""
@@ -416,3 +369,4 @@ def audit_public_key(ctx: click.Context) -> None:
 
 
 main.add_command(pii)
+main.add_command(replica)

@@ -488,7 +488,10 @@ def _wal_files(ctx: Context) -> Outcome:
         return failed(f"THEMIS_WAL_GRPC_CERT_PATH: {wal.error}")
     if wal.key_error or wal.key_matches is False:
         return failed(f"THEMIS_WAL_GRPC_KEY_PATH: {wal.key_error or 'does not match the cert'}")
-    return passed("replication certificate, key and CA are readable and match")
+    chain = ctx.probe(CERTIFICATES).wal_chain_problem
+    if chain:
+        return failed(f"THEMIS_WAL_GRPC_CERT_PATH {chain}")
+    return passed("replication certificate, key and CA are readable, match and chain")
 
 
 def _wal_dedicated_ca(ctx: Context) -> Outcome:

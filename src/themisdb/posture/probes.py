@@ -94,6 +94,7 @@ class CertificateSet:
     api: CertificateFacts | None = None
     wal: CertificateFacts | None = None
     api_chain_problem: str | None = None  # only computed when THEMIS_TLS_CA is set
+    wal_chain_problem: str | None = None  # the WAL certificate against the replication CA
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,17 @@ class CertificateProbe:
         if settings.pki_certificate and settings.tls_ca:
             host = settings.service_hostname or settings.http_bind_address
             chain = chain_problem(settings.pki_certificate, settings.tls_ca, host)
-        return CertificateSet(api=api, wal=wal, api_chain_problem=chain)
+        wal_chain = None
+        if settings.wal_grpc_cert_path and settings.wal_grpc_ca_cert_path:
+            wal_chain = chain_problem(
+                settings.wal_grpc_cert_path,
+                settings.wal_grpc_ca_cert_path,
+                None,
+                "THEMIS_WAL_GRPC_CA_CERT_PATH",
+            )
+        return CertificateSet(
+            api=api, wal=wal, api_chain_problem=chain, wal_chain_problem=wal_chain
+        )
 
 
 def default_probes() -> list[Probe[Any]]:

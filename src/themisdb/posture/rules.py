@@ -397,7 +397,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         id="wal.certificates",
-        title="Replication certificate, key and CA paths are set and readable",
+        title="Replication certificate, key and CA are set, readable, and the CA issued the cert",
         severity=MUST,
         variables=(
             "THEMIS_WAL_GRPC_CERT_PATH",
@@ -405,7 +405,8 @@ RULES: tuple[Rule, ...] = (
             "THEMIS_WAL_GRPC_CA_CERT_PATH",
         ),
         risk="mTLS without its files cannot authenticate peers.",
-        remediation="Set the three THEMIS_WAL_GRPC_*_PATH variables to readable PEM files.",
+        remediation="Set the three THEMIS_WAL_GRPC_*_PATH variables to readable PEM files; "
+        "issue the node's certificate from the replication CA.",
         check=_wal_files,
         sections=(REQUIRED, TLS),
     ),

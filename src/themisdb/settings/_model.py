@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    TypeAdapter,
     field_validator,
     model_validator,
 )
@@ -39,6 +40,24 @@ def _split_host_port(value: str) -> tuple[str, int]:
     if not 1 <= number <= 65535:
         raise ValueError("port must be between 1 and 65535")
     return host, number
+
+
+def _parse_retention(value: str) -> tuple[int | None, int | None]:
+    text = value.strip()
+    if text.isdigit():
+        if int(text) < 1:
+            raise ValueError("keep at least one record")
+        return int(text), None
+    try:
+        size = int(_BYTE_SIZE.validate_python(text))
+    except ValueError:
+        raise ValueError("expected a record count (1000000) or a size (512MB, 2GiB)") from None
+    if size < 1024:
+        raise ValueError("a size bound below 1KiB keeps nothing useful")
+    return None, size
+
+
+_BYTE_SIZE: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
 
 
 class RotationConfig(BaseModel):
@@ -435,6 +454,33 @@ class Settings(BaseModel):
         description="the dedicated internal CA that issues replication certificates",
     )
 
+    wal_grpc_host: str = Field(
+        "127.0.0.1",
+        alias="THEMIS_WAL_GRPC_HOST",
+        description="address the replication listener binds (leaders and followers)",
+    )
+    wal_grpc_port: int = Field(
+        50051, ge=1, le=65535, alias="THEMIS_WAL_GRPC_PORT", description="replication port"
+    )
+    replicate_from: str | None = Field(
+        None,
+        alias="THEMIS_REPLICATE_FROM",
+        description="follower: host:port of the leader; a comma-separated list names every "
+        "peer that may lead after a failover (the follower streams from whichever leads)",
+    )
+    wal_grpc_allowed_peers: str | None = Field(
+        None,
+        alias="THEMIS_WAL_GRPC_ALLOWED_PEERS",
+        description="comma-separated certificate identities (CN or SAN) allowed to replicate "
+        "from this node; unset: any certificate from the replication CA",
+    )
+    wal_retention: str = Field(
+        "1000000",
+        alias="THEMIS_WAL_RETENTION",
+        description="log records kept for followers at most: a count (1000000) or a size "
+        "(512MB, 2GiB); a follower further behind must be re-seeded",
+    )
+
     # --- audit (YAML only: the spec's logging.audit block) ----------------------------------
     audit: AuditConfig = Field(AuditConfig(), alias="logging.audit")
 
@@ -453,6 +499,43 @@ class Settings(BaseModel):
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("expected a URL such as https://vault.example.com:8200")
         return value
+
+    @field_validator("replicate_from")
+    @classmethod
+    def _peers_are_host_ports(cls, value: str | None) -> str | None:
+        if value is not None:
+            for peer in value.split(","):
+                _split_host_port(peer.strip())
+        return value
+
+    @field_validator("wal_retention")
+    @classmethod
+    def _retention_is_count_or_size(cls, value: str) -> str:
+        _parse_retention(value)
+        return value
+
+    @model_validator(mode="after")
+    def _follower_has_a_leader(self) -> Settings:
+        if self.role == "follower" and not self.replicate_from:
+            raise ValueError("THEMIS_ROLE=follower needs THEMIS_REPLICATE_FROM=host:port")
+        return self
+
+    @property
+    def peers(self) -> tuple[tuple[str, int], ...]:
+        """THEMIS_REPLICATE_FROM as (host, port) pairs, in order."""
+        if not self.replicate_from:
+            return ()
+        return tuple(_split_host_port(p.strip()) for p in self.replicate_from.split(","))
+
+    @property
+    def allowed_peers(self) -> frozenset[str]:
+        raw = self.wal_grpc_allowed_peers or ""
+        return frozenset(p.strip() for p in raw.split(",") if p.strip())
+
+    @property
+    def retention(self) -> tuple[int | None, int | None]:
+        """THEMIS_WAL_RETENTION as (records, bytes); one of them is None."""
+        return _parse_retention(self.wal_retention)
 
     @model_validator(mode="after")
     def _previous_token_has_a_deadline(self) -> Settings:

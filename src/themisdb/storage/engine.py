@@ -6,13 +6,18 @@ request that queued up while the previous commit was syncing and commits them to
 request inside its own SAVEPOINT so that one bad request never takes others down. A request's
 future resolves only after COMMIT returned, i.e. after its data is durable.
 
-Every change appends a logical log row (LSN, op, table, key, payload, CRC32) in the same
-transaction as the change, so the log can never disagree with the data. LSNs are gap-free: a
-rolled-back request gives its LSNs back.
+Every change appends a logical log row (LSN, op, table, key, payload, CRC32, epoch) in the
+same transaction as the change, so the log can never disagree with the data. LSNs are gap-free:
+a rolled-back request gives its LSNs back. A follower applies the leader's records through the
+same writer (``apply_records``), keeping their LSNs, so its log is a copy of the leader's.
+
+One process at a time owns a data directory: an exclusive lock on ``.lock`` beside the
+database, so a second server (or ``replica seed``) cannot write under a running one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -21,7 +26,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +34,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any, Literal
 
-from themisdb.errors import ClientError, Conflict, NotFound, StorageError
+from themisdb.errors import ClientError, Conflict, NotFound, ReplicationError, StorageError
 from themisdb.storage._names import (
     check_field,
     check_pk,
@@ -53,8 +58,16 @@ CREATE TABLE IF NOT EXISTS themis_deks(
     PRIMARY KEY (tbl, version));
 CREATE TABLE IF NOT EXISTS themis_log(
     lsn INTEGER PRIMARY KEY, op TEXT NOT NULL, tbl TEXT NOT NULL, pk TEXT NOT NULL,
-    payload TEXT, crc32 INTEGER NOT NULL, ts REAL NOT NULL);
+    payload TEXT, crc32 INTEGER NOT NULL, ts REAL NOT NULL,
+    -- the leader epoch that wrote the record, and the log's running size in bytes up to and
+    -- including it (retention by bytes is then one range lookup, not a sum over the log)
+    epoch INTEGER NOT NULL, size_total INTEGER NOT NULL);
+-- Followers of this node as leader, and the LSN each has applied (retention keeps the rest).
+CREATE TABLE IF NOT EXISTS themis_followers(
+    id TEXT PRIMARY KEY, applied_lsn INTEGER NOT NULL, seen REAL NOT NULL);
 """
+_LOG_COLUMNS = "lsn, op, tbl, pk, payload, crc32, ts, epoch"
+LOCK_FILE = ".lock"
 
 OpKind = Literal["put", "delete", "create_index", "drop_index", "set_meta", "put_dek"]
 
@@ -82,6 +95,7 @@ class LogRecord:
     payload: str | None
     crc32: int
     ts: float
+    epoch: int = 1
 
     def intact(self) -> bool:
         return record_crc(self.lsn, self.op, self.table, self.pk, self.payload) == self.crc32
@@ -136,7 +150,23 @@ def read_meta(data_dir: str | os.PathLike[str], prefix: str) -> dict[str, str] |
 @dataclass
 class _Job:
     ops: list[Op]
-    future: Future[list[int | None]]
+    future: Future[Any]
+    # An internal job (replicated records, epoch, log pruning): runs inside the transaction
+    # instead of ops; its return value resolves the future.
+    fn: Callable[[sqlite3.Connection], Any] | None = None
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data directory's exclusive lock (released when the fd is closed)."""
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise StorageError(
+            f"another process uses the data directory {data_dir} (a running server?)"
+        ) from exc
+    return fd
 
 
 _STOP = None
@@ -159,13 +189,22 @@ class Storage:
         self._max_group = max_group
         try:
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock_fd = lock_data_dir(self.data_dir)
+        except OSError as exc:
+            raise StorageError(f"cannot use {self.data_dir}: {exc.strerror}") from exc
+        try:
             self._writer_conn = self._connect()
             self._writer_conn.executescript(_SCHEMA)
             self._next_lsn = self._load_last_lsn() + 1
+            self._epoch = int(self._internal_meta("epoch") or 1)
         except sqlite3.Error as exc:
+            os.close(self._lock_fd)
             raise StorageError(f"cannot open the database in {self.data_dir}: {exc}") from exc
-        except OSError as exc:
-            raise StorageError(f"cannot use {self.data_dir}: {exc.strerror}") from exc
+        # Notified after every commit: the replication leader waits here for new records.
+        self._committed = threading.Condition()
+        self._last_committed = self._next_lsn - 1
+        # Set on a follower (or a fenced stale leader): every client write is refused with it.
+        self._refusal: Conflict | None = None
         self._readers: queue.Queue[sqlite3.Connection] = queue.Queue()
         for _ in range(readers):
             self._readers.put(self._connect(readonly=True))
@@ -202,10 +241,13 @@ class Storage:
             self._readers.put(conn)
 
     def _load_last_lsn(self) -> int:
+        return int(self._internal_meta("last_lsn") or 0)
+
+    def _internal_meta(self, key: str) -> str | None:
         row = self._writer_conn.execute(
-            "SELECT value FROM themis_meta WHERE key = 'last_lsn'"
+            "SELECT value FROM themis_meta WHERE key = ?", (key,)
         ).fetchone()
-        return int(row[0]) if row else 0
+        return str(row[0]) if row else None
 
     # --- writes ---------------------------------------------------------------------------------
 
@@ -213,11 +255,21 @@ class Storage:
         """Queue ``ops`` as one atomic request. The future resolves to one LSN per op (None for
         an op that changed nothing) once the transaction is durable, or raises."""
         future: Future[list[int | None]] = Future()
-        if self._closed:
-            future.set_exception(StorageError("storage is closed"))
+        if self._refusal is not None:
+            future.set_exception(self._refusal)
             return future
-        self._queue.put(_Job(list(ops), future))
-        return future
+        return self._enqueue(_Job(list(ops), future))
+
+    def _enqueue(self, job: _Job) -> Future[Any]:
+        if self._closed:
+            job.future.set_exception(StorageError("storage is closed"))
+        else:
+            self._queue.put(job)
+        return job.future
+
+    def _internal(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn`` in a write transaction of the writer thread; wait for it to be durable."""
+        return self._enqueue(_Job([], Future(), fn)).result()
 
     def write(self, ops: list[Op]) -> list[int | None]:
         """submit() and wait."""
@@ -230,6 +282,189 @@ class Storage:
 
     def delete(self, table: str, pk: str) -> int | None:
         return self.write([delete_op(table, pk)])[0]
+
+    # --- replication ----------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """The newest leader epoch this database has seen (1 until a failover)."""
+        return self._epoch
+
+    def refuse_writes(self, refusal: Conflict | None) -> None:
+        """Refuse every client write with ``refusal`` (a follower, a fenced stale leader), or
+        accept them again (None). Replicated records still apply."""
+        self._refusal = refusal
+
+    @property
+    def refusal(self) -> Conflict | None:
+        return self._refusal
+
+    def apply_records(self, records: list[LogRecord], epoch: int) -> int:
+        """Apply a leader's batch in one durable transaction, keeping each record's LSN, and
+        remember ``epoch``. Returns the applied LSN. Raises ReplicationError (nothing applied)
+        when a record is damaged or out of order or does not apply to this database."""
+
+        def apply(conn: sqlite3.Connection) -> int:
+            for record in records:
+                if not record.intact():
+                    raise ReplicationError(
+                        f"record {record.lsn} fails its CRC", code="corrupt_record"
+                    )
+                if record.lsn < self._next_lsn and self._have(conn, record):
+                    continue  # sent again (a reconnect): applying twice would change nothing
+                if record.lsn != self._next_lsn:
+                    raise ReplicationError(
+                        f"record {record.lsn} arrived where {self._next_lsn} was due",
+                        code="out_of_order",
+                    )
+                op = Op(record.op, record.table, record.pk, record.payload)  # type: ignore[arg-type]
+                try:
+                    lsn = self._apply(conn, op, record)
+                except ClientError as exc:
+                    raise ReplicationError(
+                        f"record {record.lsn} does not apply here ({exc.message})",
+                        code="diverged",
+                    ) from exc
+                if lsn != record.lsn:  # e.g. a delete of a key this database does not have
+                    raise ReplicationError(
+                        f"record {record.lsn} ({record.op}) changes nothing here",
+                        code="diverged",
+                    )
+            self._set_epoch(conn, max(epoch, self._epoch))
+            return self._next_lsn - 1
+
+        applied: int = self._internal(apply)
+        self._epoch = max(epoch, self._epoch)
+        return applied
+
+    @staticmethod
+    def _have(conn: sqlite3.Connection, record: LogRecord) -> bool:
+        """This log already holds ``record`` (same LSN, epoch and CRC); raise if it holds a
+        different record there: the two logs diverged."""
+        row = conn.execute(
+            "SELECT crc32, epoch FROM themis_log WHERE lsn = ?", (record.lsn,)
+        ).fetchone()
+        if row is None:
+            return True  # pruned here: it was applied long ago
+        if (int(row[0]), int(row[1])) != (record.crc32, record.epoch):
+            raise ReplicationError(
+                f"record {record.lsn} differs from the one applied here", code="diverged"
+            )
+        return True
+
+    def set_epoch(self, epoch: int) -> None:
+        """Durably record a newer epoch (a promotion, or a newer leader seen)."""
+        if epoch < self._epoch:
+            raise ReplicationError(f"epoch {epoch} is older than {self._epoch}", code="stale")
+        self._internal(lambda conn: self._set_epoch(conn, epoch))
+        self._epoch = epoch
+
+    @staticmethod
+    def _set_epoch(conn: sqlite3.Connection, epoch: int) -> None:
+        conn.execute(
+            "INSERT INTO themis_meta(key, value) VALUES ('epoch', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(epoch),),
+        )
+
+    def wait_for_lsn(self, lsn: int, timeout: float) -> bool:
+        """Block until a commit has made ``lsn`` durable or ``timeout`` passes."""
+        with self._committed:
+            return self._committed.wait_for(lambda: self._last_committed >= lsn, timeout)
+
+    def log_bounds(self) -> tuple[int, int]:
+        """(first LSN still in the log, last LSN); first is last + 1 when the log is empty."""
+        with self._reader() as conn:
+            first = conn.execute("SELECT min(lsn) FROM themis_log").fetchone()[0]
+            row = conn.execute("SELECT value FROM themis_meta WHERE key = 'last_lsn'").fetchone()
+        last = int(row[0]) if row else 0
+        return (int(first) if first is not None else last + 1), last
+
+    def record_epoch(self, lsn: int) -> int | None:
+        """The epoch of the record at ``lsn`` (0 for lsn 0), None when it was pruned."""
+        if lsn == 0:
+            return 0
+        with self._reader() as conn:
+            row = conn.execute("SELECT epoch FROM themis_log WHERE lsn = ?", (lsn,)).fetchone()
+            if row is None:
+                row = conn.execute(
+                    "SELECT value FROM themis_meta WHERE key = 'log_floor'"
+                ).fetchone()
+                floor = [int(x) for x in row[0].split()] if row else [0, 0]
+                return floor[1] if floor[0] == lsn else None
+        return int(row[0])
+
+    def retention_floor(self, *, records: int | None, size: int | None) -> int:
+        """The oldest LSN the retention bound keeps (records and/or bytes of log)."""
+        first, last = self.log_bounds()
+        keep = first
+        if records is not None:
+            keep = max(keep, last - records + 1)
+        if size is not None:
+            with self._reader() as conn:
+                row = conn.execute(
+                    "SELECT size_total FROM themis_log ORDER BY lsn DESC LIMIT 1"
+                ).fetchone()
+                if row is not None:
+                    over = conn.execute(
+                        "SELECT lsn FROM themis_log WHERE size_total > ? ORDER BY lsn LIMIT 1",
+                        (int(row[0]) - size,),
+                    ).fetchone()
+                    keep = max(keep, int(over[0]) if over else last + 1)
+        return keep
+
+    def prune_log(self, keep_from: int, followers: dict[str, tuple[int, float]]) -> int:
+        """Delete log records below ``keep_from`` (remembering the newest deleted one's epoch)
+        and save the followers' applied LSNs, in one transaction. Returns records deleted."""
+
+        def prune(conn: sqlite3.Connection) -> int:
+            conn.executemany(
+                "INSERT INTO themis_followers(id, applied_lsn, seen) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET applied_lsn = excluded.applied_lsn, "
+                "seen = excluded.seen",
+                [(fid, applied, seen) for fid, (applied, seen) in followers.items()],
+            )
+            row = conn.execute(
+                "SELECT lsn, epoch FROM themis_log WHERE lsn < ? ORDER BY lsn DESC LIMIT 1",
+                (keep_from,),
+            ).fetchone()
+            if row is None:
+                return 0
+            conn.execute(
+                "INSERT INTO themis_meta(key, value) VALUES ('log_floor', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (f"{row[0]} {row[1]}",),
+            )
+            return conn.execute("DELETE FROM themis_log WHERE lsn < ?", (keep_from,)).rowcount
+
+        deleted: int = self._internal(prune)
+        return deleted
+
+    def followers(self) -> dict[str, tuple[int, float]]:
+        """Followers saved by prune_log: id -> (applied LSN, last seen)."""
+        with self._reader() as conn:
+            rows = conn.execute("SELECT id, applied_lsn, seen FROM themis_followers").fetchall()
+        return {str(i): (int(a), float(t)) for i, a, t in rows}
+
+    def snapshot(self, target: Path) -> tuple[int, int]:
+        """Copy the whole database, consistently, to ``target`` (SQLite's online backup from
+        one read transaction); returns the copy's (last LSN, epoch)."""
+        if self._closed:
+            raise StorageError("storage is closed")
+        try:
+            source = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            copy = sqlite3.connect(target)
+            try:
+                source.backup(copy)
+                copy.execute("DELETE FROM themis_followers")  # this node's, not the copy's
+                copy.commit()
+                rows = dict(copy.execute("SELECT key, value FROM themis_meta").fetchall())
+            finally:
+                copy.close()
+                source.close()
+        except sqlite3.Error as exc:
+            raise StorageError(f"snapshot failed: {exc}") from exc
+        return int(rows.get("last_lsn", 0)), int(rows.get("epoch", 1))
 
     def _write_loop(self) -> None:
         stopping = False
@@ -256,15 +491,18 @@ class Storage:
     def _commit(self, jobs: list[_Job]) -> None:
         conn = self._writer_conn
         first_lsn = self._next_lsn
-        outcomes: list[tuple[_Job, list[int | None] | None, BaseException | None]] = []
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
                 job_lsn = self._next_lsn
                 conn.execute("SAVEPOINT job")
                 try:
-                    lsns = [self._apply(conn, op) for op in job.ops]
-                except ClientError as exc:
+                    if job.fn is not None:
+                        lsns = job.fn(conn)
+                    else:
+                        lsns = [self._apply(conn, op) for op in job.ops]
+                except (ClientError, ReplicationError) as exc:
                     conn.execute("ROLLBACK TO job")
                     self._next_lsn = job_lsn  # give the LSNs back: the log stays gap-free
                     outcomes.append((job, None, exc))
@@ -279,6 +517,9 @@ class Storage:
             conn.execute("COMMIT")
             self.commits += 1
             self.committed_requests += len(jobs)
+            with self._committed:
+                self._last_committed = self._next_lsn - 1
+                self._committed.notify_all()
         except sqlite3.Error as exc:
             _log.error("write transaction of %d request(s) failed: %s", len(jobs), exc)
             if conn.in_transaction:
@@ -288,13 +529,15 @@ class Storage:
                 job.future.set_exception(StorageError("the write could not be made durable"))
             return
         for done, result, error in outcomes:
-            if result is None:
-                assert error is not None
+            if error is not None:
                 done.future.set_exception(error)
             else:
                 done.future.set_result(result)
 
-    def _apply(self, conn: sqlite3.Connection, op: Op) -> int | None:
+    def _apply(
+        self, conn: sqlite3.Connection, op: Op, origin: LogRecord | None = None
+    ) -> int | None:
+        """Apply one change and log it. ``origin``: the leader's record being replicated."""
         table = sql_table(op.table)
         if op.kind == "put":
             self._ensure_table(conn, op.table)
@@ -302,7 +545,7 @@ class Storage:
                 row = conn.execute(f"SELECT body FROM {table} WHERE pk = ?", (op.pk,)).fetchone()
                 if row is None or row[0] != op.expect:
                     return None
-            lsn = self._log(conn, op)
+            lsn = self._log(conn, op, origin)
             conn.execute(
                 f"INSERT INTO {table}(pk, body, lsn) VALUES (?, ?, ?) "
                 "ON CONFLICT(pk) DO UPDATE SET body = excluded.body, lsn = excluded.lsn",
@@ -314,7 +557,7 @@ class Storage:
                 return None
             if conn.execute(f"SELECT 1 FROM {table} WHERE pk = ?", (op.pk,)).fetchone() is None:
                 return None
-            lsn = self._log(conn, op)
+            lsn = self._log(conn, op, origin)
             conn.execute(f"DELETE FROM {table} WHERE pk = ?", (op.pk,))
             return lsn
         if op.kind == "set_meta":
@@ -323,24 +566,27 @@ class Storage:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (f"user:{op.pk}", op.body),
             )
-            return self._log(conn, op)
+            return self._log(conn, op, origin)
         if op.kind == "put_dek":
             conn.execute(
                 "INSERT INTO themis_deks(tbl, version, wrapped, created) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(tbl, version) DO UPDATE SET wrapped = excluded.wrapped",
                 (op.table, int(op.pk), op.body, time.time()),
             )
-            return self._log(conn, op)
+            return self._log(conn, op, origin)
         if op.kind == "create_index":
-            return self._create_index(conn, op)
+            return self._create_index(conn, op, origin)
         if op.kind == "drop_index":
-            return self._drop_index(conn, op)
+            return self._drop_index(conn, op, origin)
         raise AssertionError(op.kind)
 
-    def _log(self, conn: sqlite3.Connection, op: Op) -> int:
+    def _log(self, conn: sqlite3.Connection, op: Op, origin: LogRecord | None = None) -> int:
         lsn = self._next_lsn
+        size = len(op.table) + len(op.pk) + len(op.body or "") + 48  # + the fixed columns
         conn.execute(
-            "INSERT INTO themis_log(lsn, op, tbl, pk, payload, crc32, ts) VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO themis_log(lsn, op, tbl, pk, payload, crc32, ts, epoch, size_total) "
+            "VALUES (?,?,?,?,?,?,?,?, ? + coalesce("
+            "(SELECT size_total FROM themis_log WHERE lsn = ?), 0))",
             (
                 lsn,
                 op.kind,
@@ -348,7 +594,10 @@ class Storage:
                 op.pk,
                 op.body,
                 record_crc(lsn, op.kind, op.table, op.pk, op.body),
-                time.time(),
+                origin.ts if origin else time.time(),
+                origin.epoch if origin else self._epoch,
+                size,
+                lsn - 1,
             ),
         )
         self._next_lsn = lsn + 1
@@ -376,7 +625,9 @@ class Storage:
     def _index_name(table: str, field: str) -> str:
         return f"ix_{table}_{sha256(field.encode()).hexdigest()[:12]}"
 
-    def _create_index(self, conn: sqlite3.Connection, op: Op) -> int:
+    def _create_index(
+        self, conn: sqlite3.Connection, op: Op, origin: LogRecord | None = None
+    ) -> int:
         field = check_field(op.pk)
         if conn.execute(
             "SELECT 1 FROM themis_indexes WHERE tbl = ? AND field = ?", (op.table, field)
@@ -389,9 +640,9 @@ class Storage:
             "INSERT INTO themis_indexes(tbl, field, sql_name, created) VALUES (?, ?, ?, ?)",
             (op.table, field, name, time.time()),
         )
-        return self._log(conn, op)
+        return self._log(conn, op, origin)
 
-    def _drop_index(self, conn: sqlite3.Connection, op: Op) -> int:
+    def _drop_index(self, conn: sqlite3.Connection, op: Op, origin: LogRecord | None = None) -> int:
         row = conn.execute(
             "SELECT sql_name FROM themis_indexes WHERE tbl = ? AND field = ?", (op.table, op.pk)
         ).fetchone()
@@ -399,7 +650,7 @@ class Storage:
             raise NotFound(f"no index on {op.table}.{op.pk}", code="index_not_found")
         conn.execute(f'DROP INDEX "{row[0]}"')
         conn.execute("DELETE FROM themis_indexes WHERE tbl = ? AND field = ?", (op.table, op.pk))
-        return self._log(conn, op)
+        return self._log(conn, op, origin)
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -508,8 +759,7 @@ class Storage:
     def log_records(self, from_lsn: int = 1, limit: int = 1000) -> list[LogRecord]:
         with self._reader() as conn:
             rows = conn.execute(
-                "SELECT lsn, op, tbl, pk, payload, crc32, ts FROM themis_log "
-                "WHERE lsn >= ? ORDER BY lsn LIMIT ?",
+                f"SELECT {_LOG_COLUMNS} FROM themis_log WHERE lsn >= ? ORDER BY lsn LIMIT ?",
                 (from_lsn, limit),
             ).fetchall()
         return [LogRecord(*row) for row in rows]
@@ -584,3 +834,4 @@ class Storage:
         self._thread.join()
         while not self._readers.empty():
             self._readers.get_nowait().close()
+        os.close(self._lock_fd)

@@ -3,6 +3,7 @@
 from themisdb.tls._context import (
     TLS13_SUITES,
     build_context,
+    profile_context,
     server_context,
     watch_handshake_failures,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "TlsReloader",
     "build_context",
     "inspect_certificate",
+    "profile_context",
     "server_context",
     "watch_handshake_failures",
 ]

@@ -70,12 +70,11 @@ def _set_tls13_suites(ctx: ssl.SSLContext) -> None:
         raise ConfigError(f"TLS: TLS 1.3 suites are {sorted(offered)}, not {list(TLS13_SUITES)}")
 
 
-def build_context(settings: Settings, certificate: str, private_key: str) -> ssl.SSLContext:
-    """A new context for this pair (raises ConfigError naming the variables on failure)."""
+def profile_context(minimum: ssl.TLSVersion) -> ssl.SSLContext:
+    """A server context with the specification's profile and no certificate yet: the API's
+    listener and the replication listener share it."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if settings.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    )
+    ctx.minimum_version = minimum
     ctx.set_ciphers(TLS12_CIPHERS)
     _set_tls13_suites(ctx)
     # No session tickets in any version: OP_NO_TICKET covers TLS 1.2 only; TLS 1.3 tickets
@@ -84,6 +83,14 @@ def build_context(settings: Settings, certificate: str, private_key: str) -> ssl
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.num_tickets = 0
     _no_session_cache(ctx)
+    return ctx
+
+
+def build_context(settings: Settings, certificate: str, private_key: str) -> ssl.SSLContext:
+    """A new context for this pair (raises ConfigError naming the variables on failure)."""
+    ctx = profile_context(
+        ssl.TLSVersion.TLSv1_3 if settings.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
     if settings.tls_client_ca:
         ctx.verify_mode = ssl.CERT_REQUIRED
         try:

@@ -136,7 +136,9 @@ def _key_matches(
     return mine == theirs, None
 
 
-def chain_problem(cert_path: str, ca_path: str, hostname: str | None) -> str | None:
+def chain_problem(
+    cert_path: str, ca_path: str, hostname: str | None, ca_variable: str = "THEMIS_TLS_CA"
+) -> str | None:
     """Why the chain in ``cert_path`` (leaf first, then intermediates) does not verify against
     the CAs in ``ca_path`` for ``hostname`` now, or None when it does."""
     from cryptography.x509.verification import (  # noqa: PLC0415 - rarely needed
@@ -161,5 +163,5 @@ def chain_problem(cert_path: str, ca_path: str, hostname: str | None) -> str | N
         else:
             builder.build_client_verifier().verify(chain[0], chain[1:])
     except VerificationError as exc:
-        return f"does not verify against THEMIS_TLS_CA: {exc}"
+        return f"does not verify against {ca_variable}: {exc}"
     return None
