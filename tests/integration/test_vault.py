@@ -7,6 +7,7 @@ properties, secrecy of the token in every message, rewrapping and the batch help
 
 from __future__ import annotations
 
+import base64
 import secrets
 import socket
 import traceback
@@ -405,3 +406,35 @@ def test_batches_round_trip_across_chunks(vault_provider: VaultKeyProvider) -> N
         vault_provider.unwrap_many(wrapped, aad=[*aads[:-1], b"themis:other:v1"])
     with pytest.raises(ValueError, match="aad"):
         vault_provider.wrap_many(deks[:3], aad=aads[:2])
+
+
+def test_rotation_rewraps_every_data_key_inside_vault(
+    vault_provider: VaultKeyProvider, tmp_path: Path
+) -> None:
+    """``Envelope.rewrap_all`` on Vault: one batched transit rewrap for every data key (they
+    never leave Vault), old data stays readable, each table gets a DEK of the new version."""
+    from themisdb.crypto import Envelope
+    from themisdb.storage import Storage
+
+    storage = Storage(tmp_path / "data")
+    envelope = Envelope(vault_provider, storage, ttl=300)
+    try:
+        tables = ("customers", "orders", "staff")
+        sealed = {
+            t: envelope.encrypt_fields(t, "k1", {"secret": f"{t}-plaintext"}, {"secret"})
+            for t in tables
+        }
+        assert vault_provider.rotate() == "v2"
+        before = envelope.provider_calls
+        assert envelope.rewrap_all() == len(tables)
+        # One rewrap batch plus one new DEK per table; unwrap-and-wrap would be 2 per DEK more.
+        assert envelope.provider_calls - before == 1 + len(tables)
+        stored = storage.deks()
+        assert {split_header(base64.b64decode(w))[0] for _, _, w, _ in stored} == {2}
+        envelope.forget()  # read the rewrapped keys back from Vault, not from the cache
+        for table in tables:
+            assert envelope.decrypt_fields(table, "k1", sealed[table]) == {
+                "secret": f"{table}-plaintext"
+            }
+    finally:
+        storage.close()

@@ -23,14 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from themisdb.errors import IntegrityError, KeyProviderUnavailable
-from themisdb.keys import Health, HealthChecked, KeyProvider, split_header
+from themisdb.keys import Health, HealthChecked, KeyProvider, Rewrappable, split_header
 from themisdb.storage import Op, Storage
+
+_T = TypeVar("_T")
 
 _log = logging.getLogger(__name__)
 PREFIX = "$themis$enc$v"
@@ -121,7 +123,7 @@ class Envelope:
     def available(self) -> bool:
         return self._available
 
-    def _call(self, operation: Callable[[], bytes]) -> bytes:
+    def _call(self, operation: Callable[[], _T]) -> _T:
         self.provider_calls += 1
         try:
             return operation()
@@ -179,18 +181,27 @@ class Envelope:
     def rewrap_all(self) -> int:
         """After a master key rotation: rewrap every stored DEK under the newest master key
         version, then give each table a DEK of that version for new writes."""
-        count = 0
-        for table, version, wrapped, _ in self.storage.deks():
-            aad = _dek_aad(table, version)
-            raw = self._call(partial(self.provider.unwrap, base64.b64decode(wrapped), aad=aad))
-            again = base64.b64encode(self._call(partial(self.provider.wrap, raw, aad=aad))).decode(
-                "ascii"
-            )
-            self.storage.write([Op("put_dek", table, str(version), again)])
-            count += 1
-        for table in {t for t, _, _, _ in self.storage.deks()}:
+        deks = self.storage.deks()
+        if isinstance(self.provider, Rewrappable):
+            # Inside the key manager, in batches: the data keys never come out (Vault rewrap).
+            provider = self.provider
+            olds = [base64.b64decode(wrapped) for _, _, wrapped, _ in deks]
+            news = self._call(lambda: provider.rewrap_many(olds)) if olds else []
+        else:
+            news = []
+            for table, version, wrapped, _ in deks:
+                aad = _dek_aad(table, version)
+                raw = self._call(partial(self.provider.unwrap, base64.b64decode(wrapped), aad=aad))
+                news.append(self._call(partial(self.provider.wrap, raw, aad=aad)))
+        ops = [
+            Op("put_dek", table, str(version), base64.b64encode(new).decode("ascii"))
+            for (table, version, _, _), new in zip(deks, news, strict=True)
+        ]
+        if ops:
+            self.storage.write(ops)  # one transaction: all rewrapped, or none
+        for table in {t for t, _, _, _ in deks}:
             self.ensure_dek(table)
-        return count
+        return len(ops)
 
     def forget(self) -> None:
         """Drop every cached DEK (tests and shutdown)."""

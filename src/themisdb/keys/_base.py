@@ -11,6 +11,7 @@ Capabilities beyond the core are separate protocols, detected at runtime:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -42,6 +43,14 @@ class KeyProvider(Protocol):
 class Rotatable(Protocol):
     def rotate(self) -> str:
         """Create a new master key version, make it current, return its id."""
+        ...
+
+
+@runtime_checkable
+class Rewrappable(Protocol):
+    def rewrap_many(self, wrapped: Sequence[bytes]) -> list[bytes]:
+        """Move wrapped keys to the newest master key version inside the key manager, without
+        the data keys ever leaving it (Vault transit rewrap)."""
         ...
 
 
