@@ -58,7 +58,7 @@ from themisdb.audit import (
     verify_lines,
 )
 from themisdb.audit import broker as broker_module
-from themisdb.audit.chain import canonical
+from themisdb.audit.chain import GENESIS, canonical, event_hash
 from themisdb.settings import FileOutput
 
 EVENTS = 1000
@@ -904,3 +904,59 @@ def test_records_after_a_torn_final_line_start_on_a_line_of_their_own(tmp_path: 
     assert checkpoints == [5, 5, 8], (
         f"a record was glued to the torn line: checkpoints {checkpoints}, expected [5, 5, 8]"
     )
+
+
+def _forge_from(lines: list[str], at: int, forged: dict[str, Any]) -> list[str]:
+    """An attacker with write access but without the signing key: insert ``forged`` before
+    line ``at``, renumber every later event and re-hash the chain from there so that every
+    seq, prev_hash and hash is consistent again. Checkpoints cannot be re-signed: kept as
+    they are, with their seq moved along like the attacker would."""
+    out = lines[:at]
+    previous = next(
+        (json.loads(line) for line in reversed(out) if json.loads(line).get("type") is None),
+        {"seq": 0, "hash": GENESIS},
+    )
+    record = {**forged, "seq": previous["seq"] + 1, "prev_hash": previous["hash"]}
+    record["hash"] = event_hash(record)
+    out.append(canonical(record))
+    head = record
+    for line in lines[at:]:
+        fields = json.loads(line)
+        if fields.get("type") == "checkpoint":
+            fields["seq"] = head["seq"]
+            out.append(canonical(fields))
+            continue
+        fields["seq"], fields["prev_hash"] = head["seq"] + 1, head["hash"]
+        fields["hash"] = event_hash(fields)
+        out.append(canonical(fields))
+        head = fields
+    return out
+
+
+@pytest.mark.parametrize("seq", [1, 2, 150, 500, 999, 1000])
+def test_a_forged_event_with_the_chain_rehashed_after_it_fails_on_the_signature(
+    chain: Chain, seq: int
+) -> None:
+    """The hash chain alone cannot catch this (every link is consistent again); the next
+    signed checkpoint does, because it signed the real head."""
+    at = chain.lines.index(next(line for line in chain.lines if json.loads(line).get("seq") == seq))
+    template = json.loads(chain.lines[at])
+    forged = {k: v for k, v in template.items() if k not in ("seq", "prev_hash", "hash")} | {
+        "action": "config.update",
+        "outcome": "success",
+        "resource": {"forged": True},
+    }
+    variant = _forge_from(list(chain.lines), at, forged)
+    verdict = run(variant, chain.key)
+    assert not verdict.ok
+    assert "checkpoint" in verdict.message
+    # Dropping every checkpoint after the forgery leaves an unsigned tail instead.
+    unsigned = [
+        line
+        for i, line in enumerate(variant)
+        if i <= at or json.loads(line).get("type") != "checkpoint"
+    ]
+    assert not run(unsigned, chain.key).ok
+    # ... which --live (a file still being written) accepts: the forgery is hash-consistent,
+    # so the signature is what caught it above, not a slip of the forger.
+    assert run(unsigned, chain.key, live=True).ok
