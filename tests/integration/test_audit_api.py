@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, run_cli, start_server
+from tests.helpers import ServerProcess, metric_value, run_cli, start_server
 from themisdb.audit import Signer
 from themisdb.posture import generate_token
 
@@ -186,3 +187,37 @@ def test_block_mode_refuses_requests_while_no_sink_can_write(tmp_path: Path) -> 
     files = sorted((tmp_path / "audit").glob("audit.log*"))
     verified = run_cli(["audit", "verify", *map(str, files), "--public-key", str(key)], {})
     assert verified.returncode == 0, verified.stdout + verified.stderr  # nothing lost, in order
+
+
+def test_sighup_reopens_the_file_after_an_external_rotation(tmp_path: Path) -> None:
+    """logrotate's way: the file is renamed, the server gets SIGHUP and writes a new one. The
+    chain continues across both files; the audit metrics count what was written."""
+    env = _config(tmp_path, block=False)
+    server = start_server(env)
+    log = tmp_path / "audit" / "audit.log"
+    moved = tmp_path / "audit" / "rotated-by-logrotate.log"
+    try:
+        with _client(server, ADMIN) as admin:
+            assert admin.put("/entities/rot:a", json={"v": 1}).status_code == 200
+            os.replace(log, moved)
+            server.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while not log.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert admin.put("/entities/rot:b", json={"v": 2}).status_code == 200
+        assert '"key":"b"' not in moved.read_text()  # nothing after the rename went there
+        assert '"key":"b"' in log.read_text()
+        assert '"key":"a"' in moved.read_text()
+        written = metric_value(
+            server.internal_url, "themisdb_audit_events_total", category="data_access"
+        )
+        assert written >= 2
+        age = metric_value(server.internal_url, "themisdb_audit_last_checkpoint_age_seconds")
+        assert 0 <= age < 120
+    finally:
+        code, _ = server.stop()
+    assert code == 0
+    public = tmp_path / "audit-public.pem"
+    public.write_text(Signer.load(tmp_path / "audit-key.pem").public_pem())
+    result = run_cli(["audit", "verify", str(moved), str(log), "--public-key", str(public)], {})
+    assert result.returncode == 0, result.stdout + result.stderr

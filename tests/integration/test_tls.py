@@ -21,6 +21,7 @@ from tests.helpers import (
     REPO,
     ServerProcess,
     hardened_env,
+    metric_value,
     run_cli,
     security_events,
     start_server,
@@ -260,6 +261,13 @@ def test_hot_reload_serves_a_good_pair_and_keeps_the_old_on_a_bad_one(tmp_path: 
         _replace(tmp_path, "third", cert, key)
         server.process.send_signal(signal.SIGHUP)
         assert _wait_for_serial(server.http_port, _serial_of(cert), timeout=5)
+        # The expiry metric follows the served certificate.
+        not_after = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+        left = (not_after - dt.datetime.now(dt.UTC)).total_seconds()
+        served = metric_value(server.internal_url, "themisdb_tls_certificate_expiry_seconds")
+        assert abs(served - left) < 120
+        reloads = metric_value(server.internal_url, "themisdb_tls_reloads_total", result="rejected")
+        assert reloads >= 1  # the broken pair
     finally:
         code, _ = server.stop()
     assert code == 0
