@@ -421,7 +421,7 @@ def test_rotation_rewraps_every_data_key_inside_vault(
     try:
         tables = ("customers", "orders", "staff")
         sealed = {
-            t: envelope.encrypt_fields(t, "k1", {"secret": f"{t}-plaintext"}, {"secret"})
+            t: envelope.encrypt_fields(t, "k1", {"secret": f"{t}-plaintext"}, frozenset({"secret"}))
             for t in tables
         }
         assert vault_provider.rotate() == "v2"

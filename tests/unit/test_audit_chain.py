@@ -912,9 +912,10 @@ def _forge_from(lines: list[str], at: int, forged: dict[str, Any]) -> list[str]:
     seq, prev_hash and hash is consistent again. Checkpoints cannot be re-signed: kept as
     they are, with their seq moved along like the attacker would."""
     out = lines[:at]
-    previous = next(
+    genesis: dict[str, Any] = {"seq": 0, "hash": GENESIS}
+    previous: dict[str, Any] = next(
         (json.loads(line) for line in reversed(out) if json.loads(line).get("type") is None),
-        {"seq": 0, "hash": GENESIS},
+        genesis,
     )
     record = {**forged, "seq": previous["seq"] + 1, "prev_hash": previous["hash"]}
     record["hash"] = event_hash(record)
