@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from themisdb.errors import ConfigError, ThemisError, Unprocessable
 from themisdb.pii import DEFAULT_PATTERNS, PiiEngine
 from themisdb.settings import Settings
 
+WARN_EVERY = 60.0  # seconds between warnings of PII in plain fields, per table
 _log = logging.getLogger("themisdb.pii")
 
 
@@ -38,6 +40,7 @@ class PiiRuntime:
         self._force_fail = bool(settings.pii_force_init_fail)
         self._on_detected = on_detected
         self._lock = threading.Lock()
+        self._warned: dict[str, tuple[float, int]] = {}  # table -> (last warning, since then)
         self.engine: PiiEngine | None = None
         self.error: str | None = None
         self._load()
@@ -97,7 +100,22 @@ class PiiRuntime:
                 "(PUT /config/encryption-schema) or remove the data",
                 code="pii_unencrypted_field",
             )
-        _log.warning("PII stored in fields that are not encrypted: table %s: %s", table, where)
+        self._warn(table, where)
+
+    def _warn(self, table: str, where: str) -> None:
+        """The redacted warning, at most once a minute per table: a bulk load of such
+        entities must not turn into a log line per write (each is counted in the metrics)."""
+        now = time.monotonic()
+        with self._lock:
+            last, quiet = self._warned.get(table, (-WARN_EVERY, 0))
+            if now - last < WARN_EVERY:
+                self._warned[table] = (last, quiet + 1)
+                return
+            self._warned[table] = (now, 0)
+        more = f" (and {quiet} more such write(s) in the last minute)" if quiet else ""
+        _log.warning(
+            "PII stored in fields that are not encrypted: table %s: %s%s", table, where, more
+        )
 
     # --- redaction ------------------------------------------------------------------------------
 

@@ -259,6 +259,20 @@ def test_development_start_shows_banner_serves_and_stops_cleanly(
     assert "stopped" in err
 
 
+def test_every_file_the_server_creates_is_private(
+    tmp_path: Path, cleanup_servers: list[ServerProcess]
+) -> None:
+    server = _started(tmp_path, {}, cleanup_servers)
+    assert (
+        httpx.put(f"{server.base_url}/entities/t:a", json={"a": 1}).status_code == 200
+    )  # the database, its WAL and the audit log exist now
+    created = [p for p in (tmp_path / "data").rglob("*")]
+    assert {p.name for p in created} >= {"themis.db", "themis.db-wal", "audit.log"}
+    loose = {str(p): oct(p.stat().st_mode & 0o777) for p in created if p.stat().st_mode & 0o077}
+    assert loose == {}
+    server.stop()
+
+
 def test_sigint_also_stops_cleanly(tmp_path: Path, cleanup_servers: list[ServerProcess]) -> None:
     server = _started(tmp_path, {}, cleanup_servers)
     code, _ = server.stop(signal.SIGINT)

@@ -453,3 +453,22 @@ def test_cli_check(tmp_path: Path) -> None:
     missing = CliRunner().invoke(pii, ["check", str(PATTERNS), "--policy", str(policy)])
     assert missing.exit_code == 1
     assert "does not name pattern EMAIL" in missing.stderr
+
+
+def test_the_plain_field_warning_is_rate_limited_per_table(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from themisdb.redaction import PiiRuntime
+    from themisdb.settings import load_settings
+
+    detected: list[str] = []
+    runtime = PiiRuntime(load_settings({}), on_detected=lambda table, found: detected.append(table))
+    entity = {"contact": "ada@example.com"}
+    with caplog.at_level("WARNING", logger="themisdb.pii"):
+        for i in range(50):
+            runtime.check_write("people", f"k{i}", entity, frozenset())
+        runtime.check_write("orders", "k", entity, frozenset())
+    warnings = [r.getMessage() for r in caplog.records if "not encrypted" in r.getMessage()]
+    assert len(warnings) == 2  # one per table within the minute
+    assert all("ada@example.com" not in w for w in warnings)
+    assert len(detected) == 51  # every write is still counted

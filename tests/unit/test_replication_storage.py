@@ -215,3 +215,13 @@ def test_log_records_carry_every_field(leader: Storage) -> None:
     assert isinstance(record, LogRecord)
     assert (record.lsn, record.op, record.table, record.pk, record.epoch) == (1, "put", "t", "a", 1)
     assert record.intact()
+
+
+def test_pruning_deletes_in_chunks_so_client_writes_interleave(leader: Storage) -> None:
+    for i in range(100):
+        leader.put("t", str(i), {"i": i})
+    commits = leader.commits
+    assert leader.prune_log(96, {}, chunk=10) == 95
+    assert leader.commits - commits == 10  # ten transactions of at most ten records
+    assert leader.log_bounds() == (96, 100)
+    assert leader.record_epoch(95) == 1

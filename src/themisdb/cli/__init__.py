@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -72,6 +73,9 @@ def serve(ctx: click.Context) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Every file the server creates (database, WAL, audit, keys, snapshots) is for its own
+    # user only; SQLite would otherwise create the database 0644.
+    os.umask(0o077)
     settings = _settings(ctx.obj["config"])
     report = evaluate(settings, default_probes())
     decision = startup_gate(report)

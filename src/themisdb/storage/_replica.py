@@ -10,11 +10,14 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from themisdb.errors import ClientError, Conflict, ReplicationError, StorageError
 from themisdb.storage._records import LogRecord, Op
+
+PRUNE_CHUNK = 2000  # log records deleted per transaction (a few ms of the writer's time)
 
 
 class _Engine(Protocol):
@@ -169,20 +172,30 @@ class ReplicaLog:
                     keep = max(keep, int(over[0]) if over else last + 1)
         return keep
 
-    def prune_log(self: _Engine, keep_from: int, followers: dict[str, tuple[int, float]]) -> int:
-        """Delete log records below ``keep_from`` (remembering the newest deleted one's epoch)
-        and save the followers' applied LSNs, in one transaction. Returns records deleted."""
+    def prune_log(
+        self: _Engine,
+        keep_from: int,
+        followers: dict[str, tuple[int, float]],
+        *,
+        chunk: int = PRUNE_CHUNK,
+    ) -> int:
+        """Save the followers' applied LSNs, then delete log records below ``keep_from``
+        (remembering the newest deleted one's epoch), ``chunk`` records per transaction: one
+        big DELETE would hold the single writer, and every client write, for a second or more
+        (measured by bench/replication.py). Returns the number of records deleted."""
 
-        def prune(conn: sqlite3.Connection) -> int:
+        def save(conn: sqlite3.Connection) -> None:
             conn.executemany(
                 "INSERT INTO themis_followers(id, applied_lsn, seen) VALUES (?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET applied_lsn = excluded.applied_lsn, "
                 "seen = excluded.seen",
                 [(fid, applied, seen) for fid, (applied, seen) in followers.items()],
             )
+
+        def prune(conn: sqlite3.Connection, below: int) -> int:
             row = conn.execute(
                 "SELECT lsn, epoch FROM themis_log WHERE lsn < ? ORDER BY lsn DESC LIMIT 1",
-                (keep_from,),
+                (below,),
             ).fetchone()
             if row is None:
                 return 0
@@ -191,10 +204,17 @@ class ReplicaLog:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (f"{row[0]} {row[1]}",),
             )
-            return conn.execute("DELETE FROM themis_log WHERE lsn < ?", (keep_from,)).rowcount
+            deleted: int = conn.execute("DELETE FROM themis_log WHERE lsn < ?", (below,)).rowcount
+            return deleted
 
-        deleted: int = self._internal(prune)
-        return deleted
+        if followers:
+            self._internal(save)
+        total = 0
+        while True:
+            first, _ = self.log_bounds()
+            if first >= keep_from:
+                return total
+            total += self._internal(partial(prune, below=min(keep_from, first + chunk)))
 
     def followers(self: _Engine) -> dict[str, tuple[int, float]]:
         """Followers saved by prune_log: id -> (applied LSN, last seen)."""
