@@ -485,8 +485,10 @@ def parse_metrics(text: str) -> Scrape:
         for sample in family.samples:
             labels = sample.labels
             if sample.name == "themisdb_http_request_duration_seconds_bucket":
-                key = (labels["route"], labels["method"])
-                buckets.setdefault(key, {})[float(labels["le"])] = sample.value
+                key = (labels["route"], labels["method"])  # summed over the status label
+                per_le = buckets.setdefault(key, {})
+                le = float(labels["le"])
+                per_le[le] = per_le.get(le, 0.0) + sample.value
             elif sample.name == "themisdb_http_requests_total":
                 requests[(labels["route"], labels["method"], labels["status"])] = sample.value
     return Scrape(buckets, requests)

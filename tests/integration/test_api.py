@@ -260,6 +260,12 @@ def test_metrics_parse_and_carry_the_required_families(
     routes = {s.labels["route"] for s in families["themisdb_http_requests"].samples}
     assert "/entities/{key:path}" in routes
     assert not any("whatever" in r for r in routes)  # label values never carry user input
+    latency = {
+        (x.labels["route"], x.labels["status"])
+        for x in families["themisdb_http_request_duration_seconds"].samples
+        if x.name.endswith("_count")
+    }
+    assert ("/entities/{key:path}", "404") in latency  # by route and status
     assert events(dev, "security", "posture_violation") > 0
 
 

@@ -285,7 +285,7 @@ class _Observe:
             route = scope.get("themis.route", "unmatched")
             elapsed = time.perf_counter() - started
             self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(route, scope["method"]).observe(elapsed)
+            self.metrics.latency.labels(route, scope["method"], str(status)).observe(elapsed)
             # The route template, never the raw path: keys and table names can be sensitive.
             _log.info(
                 "%s %s %d %.1fms id=%s", scope["method"], route, status, elapsed * 1000, request_id

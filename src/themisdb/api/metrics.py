@@ -64,8 +64,8 @@ class Metrics:
         )
         self.latency = Histogram(
             "themisdb_http_request_duration_seconds",
-            "API request latency by route template and method.",
-            ["route", "method"],
+            "API request latency by route template, method and status.",
+            ["route", "method", "status"],
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
