@@ -64,6 +64,12 @@ class Database:
         assert lsn is not None
         return lsn
 
+    def master_key_since(self) -> float | None:
+        """When this database started using the current master key version (None: unknown)."""
+        provider = self.envelope.provider
+        noted = self.storage.meta(f"{MASTER_KEY_SINCE}{provider.name}:{provider.current_key_id()}")
+        return float(noted) if noted is not None else None
+
     def note_master_key(self) -> None:
         """Record when this database started using the current master key version (the age
         that the keys.master_key_age posture rule compares with THEMIS_KEY_ROTATION_DAYS)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -128,6 +129,8 @@ def test_rotation_and_reencrypt_through_the_cli(admin: httpx.Client, server: Ser
     assert rotated.returncode == 0, rotated.stderr
     after = admin.get("/keys").json()
     assert after["master_key"] != before["master_key"]
+    assert after["master_key_since"] >= before["master_key_since"]  # the new version's age
+    assert time.time() - after["master_key_since"] < 60
     assert all(d["wrapped_by"] == after["master_key"] for d in after["data_keys"])
     assert admin.get("/entities/customers:r1").json()["blob"]["ssn"] == "123-45-6789"
     reencrypted = run_cli(["keys", "reencrypt", "customers", "--page", "2"], env)
@@ -135,6 +138,7 @@ def test_rotation_and_reencrypt_through_the_cli(admin: httpx.Client, server: Ser
     assert "re-encrypted" in reencrypted.stdout
     status = run_cli(["keys", "status"], env)
     assert after["master_key"] in status.stdout
+    assert "in use for 0.0 days" in status.stdout
     assert admin.get("/entities/customers:r1").json()["blob"]["ssn"] == "123-45-6789"
     data = server.data_dir
     assert data is not None

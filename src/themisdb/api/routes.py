@@ -341,10 +341,12 @@ async def put_schema(call: Call) -> Response:
 async def key_status(call: Call) -> Response:
     envelope = call.db.envelope
     deks = await run_in_threadpool(call.services.storage.deks)
+    since = await run_in_threadpool(call.db.master_key_since)
     return JSONResponse(
         {
             "provider": envelope.provider.name,
             "master_key": envelope.provider.current_key_id(),
+            "master_key_since": since,
             "data_keys": [
                 {"table": t, "version": v, "created": c, "wrapped_by": f"v{wrapped_version(w)}"}
                 for t, v, w, c in deks

@@ -200,8 +200,10 @@ def keys_init(ctx: click.Context) -> None:
 def keys_status(ctx: click.Context) -> None:
     """Show the master key version and every data key (asks the running server)."""
     document = _admin_call(_settings(ctx.obj["config"]), "GET", "/keys")
-    click.echo(f"provider {document['provider']}, master key {document['master_key']}")
     now = time.time()
+    since = document.get("master_key_since")
+    age = f", in use for {(now - since) / 86400:.1f} days" if since is not None else ""
+    click.echo(f"provider {document['provider']}, master key {document['master_key']}{age}")
     for dek in document["data_keys"]:
         age = (now - dek["created"]) / 86400
         click.echo(
