@@ -90,4 +90,39 @@ def test_vault_token_rules_use_the_live_token(openbao: Any, tmp_path: Path) -> N
 
 
 def test_every_probed_rule_is_covered_here() -> None:
-    assert {"keys.master_key_usable", "keys.vault_not_root"} == PROBED_IN_INTEGRATION
+    assert {
+        "keys.master_key_usable",
+        "keys.vault_not_root",
+        "audit.sink_reachable",
+    } == PROBED_IN_INTEGRATION
+
+
+def test_audit_sinks_are_asked_whether_they_answer(rsyslog: Any, tmp_path: Path) -> None:
+    def with_outputs(*outputs: str) -> dict[str, str]:
+        config = tmp_path / f"audit-{len(list(tmp_path.iterdir()))}.yaml"
+        config.write_text("logging:\n  audit:\n    outputs:\n" + "".join(outputs))
+        return {"THEMIS_CONFIG": str(config)}
+
+    tcp = f"      - type: syslog\n        server: 127.0.0.1:{rsyslog.tcp_port}\n"
+    tls = (
+        f"      - type: syslog\n        server: 127.0.0.1:{rsyslog.tls_port}\n"
+        f"        protocol: tls\n        ca_file: {rsyslog.ca_file}\n"
+    )
+    untrusted = f"      - type: syslog\n        server: 127.0.0.1:{rsyslog.tls_port}\n"
+    untrusted += "        protocol: tls\n"  # the system CAs do not know the test CA
+    dead = "      - type: syslog\n        server: 127.0.0.1:9\n"  # discard: nothing listens
+    udp = f"      - type: syslog\n        server: 127.0.0.1:{rsyslog.udp_port}\n"
+    udp += "        protocol: udp\n"
+
+    up = outcome("audit.sink_reachable", with_outputs(tcp, tls))
+    assert up.status is Status.PASS, up.detail
+    down = outcome("audit.sink_reachable", with_outputs(tcp, dead))
+    assert down.status is Status.FAIL
+    assert "127.0.0.1:9" in down.detail
+    assert str(rsyslog.tcp_port) not in down.detail
+    refused = outcome("audit.sink_reachable", with_outputs(untrusted))
+    assert refused.status is Status.FAIL
+    assert "TLS handshake failed" in refused.detail
+    assert outcome("audit.sink_reachable", with_outputs(udp)).status is Status.UNVERIFIED
+    none = outcome("audit.sink_reachable", {})
+    assert none.status is Status.NOT_APPLICABLE

@@ -16,7 +16,13 @@ from themisdb.posture._model import (
     unverified,
 )
 from themisdb.posture._token import token_weakness
-from themisdb.posture.probes import CERTIFICATES, FILES, KEY_MANAGER, MASTER_KEY_AGE
+from themisdb.posture.probes import (
+    AUDIT_SINKS,
+    CERTIFICATES,
+    FILES,
+    KEY_MANAGER,
+    MASTER_KEY_AGE,
+)
 from themisdb.settings import SecretSource
 from themisdb.tls import MAX_VALIDITY_DAYS, CertificateFacts
 
@@ -573,6 +579,24 @@ def _audit_sink(ctx: Context) -> Outcome:
     if not external:
         return failed("no syslog/SIEM output in logging.audit.outputs: events stay on this host")
     return passed(", ".join(f"syslog {o.protocol}://{o.server}" for o in external))
+
+
+def _audit_sink_reachable(ctx: Context) -> Outcome:
+    audit = ctx.settings.audit
+    if not audit.enabled or not audit.external_outputs:
+        return not_applicable("no syslog/SIEM output is configured (see audit.external_sink)")
+    results = ctx.probe(AUDIT_SINKS)
+    down = [
+        f"{server}: {problem}"
+        for server, problem in results.items()
+        if problem not in (None, "udp")
+    ]
+    if down:
+        return failed("; ".join(down))
+    udp = [server for server, problem in results.items() if problem == "udp"]
+    if udp:
+        return unverified(f"udp cannot confirm delivery: {', '.join(udp)}")
+    return passed(f"answering now: {', '.join(results)}")
 
 
 def _signed_chain(ctx: Context) -> Outcome:

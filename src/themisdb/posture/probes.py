@@ -119,6 +119,9 @@ CERTIFICATES: ProbeKind[CertificateSet] = ProbeKind(
 MASTER_KEY_AGE: ProbeKind[float | None] = ProbeKind(
     "master_key_age", "read when the database started using its newest master key"
 )
+AUDIT_SINKS: ProbeKind[dict[str, str | None]] = ProbeKind(
+    "audit_sinks", "connect to every syslog/SIEM output (tls: complete the handshake)"
+)
 KEY_MANAGER: ProbeKind[KeyManagerFacts] = ProbeKind(
     "key_manager", "ask the HSM or Vault about the master key and the credentials"
 )
@@ -164,9 +167,16 @@ class CertificateProbe:
 
 def default_probes() -> list[Probe[Any]]:
     """Every probe: the filesystem, certificates, and the key manager (HSM or Vault)."""
+    from themisdb.audit.probe import AuditSinkProbe  # noqa: PLC0415 - audit imports settings
     from themisdb.keys.probe import (  # noqa: PLC0415 - keys imports posture
         KeyManagerProbe,
         MasterKeyAgeProbe,
     )
 
-    return [FileProbe(), CertificateProbe(), KeyManagerProbe(), MasterKeyAgeProbe()]
+    return [
+        FileProbe(),
+        CertificateProbe(),
+        KeyManagerProbe(),
+        MasterKeyAgeProbe(),
+        AuditSinkProbe(),
+    ]

@@ -24,6 +24,7 @@ from themisdb.posture._checks import (
     _admin_token_age,
     _audit_blocks,
     _audit_sink,
+    _audit_sink_reachable,
     _auto_download,
     _certificate_configured,
     _chain,
@@ -507,6 +508,18 @@ RULES: tuple[Rule, ...] = (
         "before accepting production traffic.",
         check=_audit_sink,
         sections=(CHECKLIST, AUDIT, INTEGRATOR),
+    ),
+    Rule(
+        id="audit.sink_reachable",
+        title="The syslog/SIEM audit outputs answer now (tls: verified handshake)",
+        severity=SHOULD,
+        variables=("logging.audit",),
+        risk="A SIEM that cannot be reached receives nothing: events pile up in the local spool "
+        "(or, in block mode, every request is refused).",
+        remediation="Check the SIEM's address, port, firewall and, for tls, its certificate "
+        "(ca_file, server_name) before accepting production traffic.",
+        check=_audit_sink_reachable,
+        sections=(AUDIT, INTEGRATOR),
     ),
     Rule(
         id="audit.signed_chain",
