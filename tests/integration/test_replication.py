@@ -292,6 +292,10 @@ def test_two_followers_converge_over_mtls_through_kill_and_restart(
     assert ready.json()["replication"]["lag_records"] == 0
     leader_view = {f["follower_id"]: f for f in leader.status()["followers"]}
     assert set(leader_view) == {"node-b", "node-c"}
+    shown = run_cli(["replica", "status"], f1.env | {"THEMIS_HTTP_PORT": str(f1.running.http_port)})
+    assert shown.returncode == 0, shown.stderr
+    assert "node-b: follower of epoch 1" in shown.stdout
+    assert f"following {leader.wal_target}: streaming" in shown.stdout
     # Lag per follower on the leader, apply rate on the followers, as Prometheus metrics.
     wait_until(
         "acknowledged",
