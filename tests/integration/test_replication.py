@@ -273,9 +273,16 @@ def test_two_followers_converge_over_mtls_through_kill_and_restart(
     # 10,000 writes: 4,000 single PUTs (with two encrypted fields), 50 batches of 100, and
     # 1,000 deletes; node-c is SIGKILLed in the middle and restarted later.
     present = write_load(leader, singles=2000, batches=25, deletes=500, prefix="one")
-    wait_until("node-c applying", lambda: caught_up(f2, 10))
-    cluster.stop(f2, signal.SIGKILL)
-    present |= write_load(leader, singles=2000, batches=25, deletes=500, prefix="two")
+    mark = leader.status()["last_lsn"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        second = pool.submit(
+            write_load, leader, singles=2000, batches=25, deletes=500, prefix="two"
+        )
+        # Killed while the second load streams to it: it has applied part of it, not all.
+        wait_until("node-c applying the second load", lambda: caught_up(f2, mark + 300))
+        cluster.stop(f2, signal.SIGKILL)
+        assert not second.done()  # the stream was busy when it died
+        present |= second.result()
     cluster.start(f2)
     last = leader.status()["last_lsn"]
     assert last >= 10_000
