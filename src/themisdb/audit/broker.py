@@ -47,7 +47,14 @@ class _SinkState:
 
 
 class AuditBroker:
-    """Thread-safe. ``emit`` returns once the event is in every sink or in that sink's spool."""
+    """Thread-safe. ``emit`` returns once the event is in every sink or in that sink's spool.
+
+    Group commit, as the storage engine does: ``_lock`` guards the chain (seq, hash) and a
+    queue of records in chain order; ``_write_lock`` is held by one writer at a time, which
+    takes everything queued and delivers it with one write (one fsync) per sink. Requests
+    arriving while a writer fsyncs are written together by the next one, so concurrent
+    requests share fsyncs instead of queueing one fsync each. Checkpoints go through the same
+    queue (after the events they sign); spool replay holds the write lock (order is kept)."""
 
     def __init__(
         self,
@@ -71,6 +78,10 @@ class AuditBroker:
         self._on_event = on_event
         self._on_sink_failure = on_sink_failure
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._queue: list[AuditRecord] = []
+        self._queued = 0  # records ever queued ...
+        self._written = 0  # ... and how many of them are delivered (or spooled)
         spool_dir = data_dir / "audit" / "spool"
         self._sinks = [
             _SinkState(s, Spool(spool_dir, s.name), counted=s not in uncounted) for s in sinks
@@ -153,10 +164,11 @@ class AuditBroker:
 
     # --- emitting -------------------------------------------------------------------------------
 
-    def emit_many(self, events: list[dict[str, Any]]) -> None:
-        """Several events (one request's) chained in order and written together: one fsync."""
+    def emit_many(self, events: list[dict[str, Any]]) -> int:
+        """Several events (one request's) chained in order and written together; returns the
+        seq of the last one once they are in every sink or its spool."""
         if not events:
-            return
+            return self.seq
         with self._lock:
             records = []
             for event in events:
@@ -177,12 +189,33 @@ class AuditBroker:
                 fields["hash"] = event_hash(fields)
                 records.append(AuditRecord("event", canonical(fields), fields))
                 self.seq, self.last_hash = fields["seq"], fields["hash"]
-            self._deliver_many(records)
+            last = self.seq
+            position = self._enqueue(records)
             due = self.seq - self._signed_seq >= self.checkpoint_every
+        self._write(position)
         for record in records:
             self._on_event(record.fields["category"])
         if due and self.signer is not None:
-            self.checkpoint()
+            self.checkpoint(only_if_due=True)
+        return last
+
+    def _enqueue(self, records: list[AuditRecord]) -> int:
+        """Queue ``records`` (under ``_lock``); returns the position _write must reach."""
+        self._queue.extend(records)
+        self._queued += len(records)
+        return self._queued
+
+    def _write(self, position: int) -> None:
+        """Return once every record queued up to ``position`` is delivered or spooled,
+        writing (with whatever else is queued by then) unless another writer already did."""
+        with self._write_lock:
+            if self._written >= position:
+                return  # a writer took ours along while we waited
+            with self._lock:
+                batch, self._queue = self._queue, []
+                upto = self._queued
+            self._deliver_many(batch)
+            self._written = upto
 
     def emit(
         self,
@@ -197,7 +230,7 @@ class AuditBroker:
         request_id: str | None = None,
     ) -> int:
         """One event; returns its seq."""
-        self.emit_many(
+        return self.emit_many(
             [
                 {
                     "category": category,
@@ -211,17 +244,20 @@ class AuditBroker:
                 }
             ]
         )
-        return self.seq
 
-    def checkpoint(self) -> AuditRecord | None:
-        """Sign the chain head now and deliver the checkpoint to every sink."""
+    def checkpoint(self, *, only_if_due: bool = False) -> AuditRecord | None:
+        """Sign the chain head now and deliver the checkpoint to every sink. ``only_if_due``:
+        unless another thread has just signed (several requests can find one due at once)."""
         if self.signer is None:
             return None
         with self._lock:
+            if only_if_due and self.seq - self._signed_seq < self.checkpoint_every:
+                return None
             record = self._checkpoint_record()
-            self._deliver(record)
+            position = self._enqueue([record])  # after every event it signs
             self._signed_seq = self.seq
             self.last_checkpoint = time.monotonic()
+        self._write(position)
         return record
 
     def _checkpoint_record(self) -> AuditRecord:
@@ -230,14 +266,11 @@ class AuditBroker:
         return record
 
     def sign(self, seq: int, chain_hash: str) -> AuditRecord | None:
-        """A checkpoint of (seq, hash), for a file sink that rotates (called under our lock)."""
+        """A checkpoint of (seq, hash), for a file sink that rotates (called by its writer)."""
         if self.signer is None:
             return None
         fields = self.signer.checkpoint(seq, chain_hash, now_rfc3339())
         return AuditRecord("checkpoint", canonical(fields), fields)
-
-    def _deliver(self, record: AuditRecord) -> None:
-        self._deliver_many([record])
 
     def _deliver_many(self, records: list[AuditRecord]) -> None:
         for state in self._sinks:
@@ -283,7 +316,7 @@ class AuditBroker:
                     self._retry(state)
 
     def _retry(self, state: _SinkState) -> None:
-        with self._lock:  # new records wait while the spool drains: order is kept
+        with self._write_lock:  # new records wait while the spool drains: order is kept
             try:
                 state.sink.reopen()
                 state.spool.replay(state.sink)
