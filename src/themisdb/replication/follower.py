@@ -37,6 +37,18 @@ CHANNEL_OPTIONS = [
 ]
 
 
+def target(host: str, port: int) -> str:
+    """``host:port`` as gRPC dials it (IPv6 in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def channel(peer: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    """A channel to a replication peer: mTLS with ``credentials``, else plaintext."""
+    if credentials is None:
+        return grpc.insecure_channel(peer, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(peer, credentials, options=CHANNEL_OPTIONS)
+
+
 @dataclass
 class FollowerStatus:
     state: str = "connecting"  # connecting | streaming | needs_reseed | stopped
@@ -76,7 +88,7 @@ class Follower:
     ) -> None:
         self.storage = storage
         self.follower_id = follower_id
-        self.peers = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in peers]
+        self.peers = [target(host, port) for host, port in peers]
         self.credentials = credentials
         self.hooks = hooks
         self.status = FollowerStatus(applied_lsn=storage.log_bounds()[1])
@@ -124,17 +136,12 @@ class Follower:
             self.hooks.reconnect()
             self._stop.wait(BACKOFF_MIN)
 
-    def _channel(self, peer: str) -> grpc.Channel:
-        if self.credentials is None:
-            return grpc.insecure_channel(peer, options=CHANNEL_OPTIONS)
-        return grpc.secure_channel(peer, self.credentials, options=CHANNEL_OPTIONS)
-
     def _follow(self, peer: str) -> bool:
         """Stream from ``peer`` until the stream ends; True if it streamed at all (whether it
         then ended cleanly or with an error)."""
         self._streamed = False
-        with self._channel(peer) as channel:
-            stub = wal_pb2_grpc.WalStub(channel)  # type: ignore[no-untyped-call]
+        with channel(peer, self.credentials) as chan:
+            stub = wal_pb2_grpc.WalStub(chan)  # type: ignore[no-untyped-call]
             try:
                 self._stream(stub, peer)
             except grpc.RpcError as exc:

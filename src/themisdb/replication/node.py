@@ -24,7 +24,7 @@ import grpc
 
 from themisdb.errors import ConfigError, Conflict
 from themisdb.replication._tls import Material, Refusal, TlsFront
-from themisdb.replication.follower import Follower, FollowerHooks, FollowerStatus
+from themisdb.replication.follower import Follower, FollowerHooks, FollowerStatus, target
 from themisdb.replication.leader import Registry, WalService
 from themisdb.replication.v1 import wal_pb2_grpc
 from themisdb.settings import Settings
@@ -119,10 +119,9 @@ class ReplicationNode:
                 on_refused=self._refused,
             )
         else:
-            host, port = self.settings.wal_grpc_host, self.settings.wal_grpc_port
-            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            if server.add_insecure_port(target) == 0:
-                raise ConfigError(f"THEMIS_WAL_GRPC_PORT: cannot listen on {target}")
+            address = target(self.settings.wal_grpc_host, self.settings.wal_grpc_port)
+            if server.add_insecure_port(address) == 0:
+                raise ConfigError(f"THEMIS_WAL_GRPC_PORT: cannot listen on {address}")
         server.start()
         self._server = server
         self._auditor.start()

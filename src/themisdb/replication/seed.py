@@ -22,7 +22,7 @@ import grpc
 
 from themisdb.errors import ReplicationError
 from themisdb.replication._tls import Material
-from themisdb.replication.follower import CHANNEL_OPTIONS
+from themisdb.replication.follower import channel, target
 from themisdb.replication.v1 import wal_pb2, wal_pb2_grpc
 from themisdb.settings import Settings
 from themisdb.storage import DB_FILE, lock_data_dir
@@ -38,9 +38,7 @@ class Seeded:
 
 
 def _channel(peer: str, material: Material | None) -> grpc.Channel:
-    if material is None:
-        return grpc.insecure_channel(peer, options=CHANNEL_OPTIONS)
-    return grpc.secure_channel(peer, material.channel_credentials(), options=CHANNEL_OPTIONS)
+    return channel(peer, material.channel_credentials() if material else None)
 
 
 def find_leader(settings: Settings, material: Material | None) -> tuple[str, int]:
@@ -48,7 +46,7 @@ def find_leader(settings: Settings, material: Material | None) -> tuple[str, int
     best: tuple[str, int] | None = None
     problems = []
     for host, port in settings.peers:
-        peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        peer = target(host, port)
         with _channel(peer, material) as channel:
             stub = wal_pb2_grpc.WalStub(channel)  # type: ignore[no-untyped-call]
             try:
