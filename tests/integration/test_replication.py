@@ -395,6 +395,37 @@ def test_mtls_leader_refuses_strangers_and_reports_them(
     assert "not TLS" in reasons  # the plaintext client, named as such
     assert "node-x" in reasons  # the refused identity
 
+    # An allowed peer may stream as itself, not as another follower (retention, lag and
+    # snapshots are kept per follower id).
+    node_b = pki.credentials("node-b")
+    with grpc.secure_channel(leader.wal_target, node_b) as channel:
+        stub = wal_pb2_grpc.WalStub(channel)  # type: ignore[no-untyped-call]
+        request = wal_pb2.StreamRequest(follower_id="node-c", from_lsn=1)
+        with pytest.raises(grpc.RpcError) as impostor:
+            next(iter(stub.Stream(request, timeout=5)))
+        assert impostor.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        stream = stub.Stream(wal_pb2.StreamRequest(follower_id="node-b", from_lsn=1), timeout=5)
+        assert next(iter(stream)).epoch == 1  # as itself it streams
+        stream.cancel()
+    wait_until(
+        "the impostor audited",
+        lambda: any(
+            e["action"] == "replication.follower_id_refused" for e in audit_actions(leader)
+        ),
+        timeout=10,
+    )
+
+
+def test_a_node_id_its_certificate_does_not_name_refuses_to_start(
+    cluster_factory: Callable[[Pki | None], Cluster], pki: Pki
+) -> None:
+    node = cluster_factory(pki).add("node-a", "leader", THEMIS_NODE_ID="someone-else")
+    server = start_server(node.env, wait=False)
+    assert server.process.wait(30) == 78
+    assert "THEMIS_NODE_ID=someone-else is not a name of THEMIS_WAL_GRPC_CERT_PATH" in (
+        server.output()
+    )
+
 
 def test_failover_promotes_a_follower_and_fences_the_old_leader(
     cluster_factory: Callable[[Pki | None], Cluster], pki: Pki

@@ -6,6 +6,10 @@ So the replication listener terminates TLS itself, with Python's ssl and the sam
 the API (TLS 1.3 only here: both ends are ThemisDB), checks the peer's certificate identity,
 and only then relays the bytes to the gRPC server on a unix socket in a private directory.
 A peer that fails the handshake or is not an allowed identity never reaches gRPC.
+
+The front tells gRPC who is calling: it connects to gRPC from a unix socket bound to a path of
+its own per connection (gRPC reports it as the call's ``peer()``), and the ``PeerBook`` maps
+that path to the names the peer's certificate proves.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from themisdb.errors import ConfigError
 from themisdb.settings import Settings
@@ -132,6 +137,19 @@ def _issued_by(leaf: x509.Certificate, authority: x509.Certificate) -> bool:
     return True
 
 
+def certificate_names(pem: bytes) -> set[str]:
+    """The names this node's own certificate proves (CN, SAN DNS names and addresses)."""
+    leaf = x509.load_pem_x509_certificates(pem)[0]
+    names = {str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return names
+    names.update(san.get_values_for_type(x509.DNSName))
+    names.update(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
+    return names
+
+
 def identities(cert: dict[str, object]) -> set[str]:
     """The names a peer certificate (``getpeercert()``) proves: its CN and SAN entries."""
     names: set[str] = set()
@@ -142,6 +160,36 @@ def identities(cert: dict[str, object]) -> set[str]:
     for _kind, value in cert.get("subjectAltName", ()):  # type: ignore[attr-defined]
         names.add(str(value))
     return names
+
+
+class PeerBook:
+    """Which certificate names each relayed connection proved, keyed by the path of its
+    upstream unix socket (what ``ServicerContext.peer()`` shows as ``unix:<path>``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._names: dict[str, frozenset[str]] = {}
+        self._lock = threading.Lock()
+        self._next = 0
+
+    def open(self, names: set[str]) -> str:
+        with self._lock:
+            self._next += 1
+            path = str(self._directory / f"peer-{self._next}")
+            self._names[path] = frozenset(names)
+        return path
+
+    def close(self, path: str) -> None:
+        with self._lock:
+            self._names.pop(path, None)
+        with contextlib.suppress(OSError):
+            Path(path).unlink()
+
+    def names(self, grpc_peer: str) -> frozenset[str] | None:
+        """The names behind a gRPC ``peer()``; None for a caller that did not come through
+        the front."""
+        with self._lock:
+            return self._names.get(grpc_peer.removeprefix("unix:"))
 
 
 class TlsFront:
@@ -156,14 +204,14 @@ class TlsFront:
         *,
         allowed: frozenset[str],
         on_refused: Callable[[Refusal], None],
-        on_accepted: Callable[[str, set[str]], None] | None = None,
+        book: PeerBook,
     ) -> None:
         self._sock = sock
         self._ctx = ctx
         self._upstream = upstream
         self._allowed = allowed
         self._on_refused = on_refused
-        self._on_accepted = on_accepted
+        self._book = book
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="themis-wal-tls", daemon=True)
         self._ready = threading.Event()
@@ -243,17 +291,23 @@ class TlsFront:
             shown = ", ".join(sorted(names)) or "no certificate"
             self._refuse("peer_not_allowed", peer, f"identity {shown} is not allowed")
             return
-        if self._on_accepted is not None:
-            self._on_accepted(peer, names)
+        path = self._book.open(names)
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            up_reader, up_writer = await asyncio.open_unix_connection(self._upstream, limit=_CHUNK)
+            upstream.bind(path)  # the path gRPC reports as this call's peer
+            upstream.setblocking(False)
+            await self._loop.sock_connect(upstream, self._upstream)
+            up_reader, up_writer = await asyncio.open_unix_connection(sock=upstream, limit=_CHUNK)
         except OSError:
+            upstream.close()
+            self._book.close(path)
             _log.error("replication: the local gRPC server is not reachable")
             return
         try:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:
             up_writer.close()
+            self._book.close(path)
 
 
 def _reason(exc: ssl.SSLError) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from themisdb.replication._tls import PeerBook
 from themisdb.replication.v1 import wal_pb2, wal_pb2_grpc
 from themisdb.storage import LogRecord, Storage
 
@@ -150,6 +151,7 @@ class WalService(wal_pb2_grpc.WalServicer):
         role: Callable[[], str],
         on_newer_epoch: Callable[[int, str], None],
         on_event: Callable[[str, str, dict[str, Any]], None],
+        on_impostor: Callable[[str, frozenset[str]], None],
         stopping: threading.Event,
     ) -> None:
         self.storage = storage
@@ -158,14 +160,28 @@ class WalService(wal_pb2_grpc.WalServicer):
         self.role = role
         self.on_newer_epoch = on_newer_epoch
         self.on_event = on_event
+        self.on_impostor = on_impostor
         self.stopping = stopping
+        # Behind the mTLS front: the certificate names of each caller (None in plaintext).
+        self.peers: PeerBook | None = None
 
     def _follower_id(self, value: str, context: grpc.ServicerContext) -> str:
+        """A well-formed follower id that, behind the mTLS front, the caller's certificate
+        names: a node cannot speak for another (retention, lag, snapshots are per id)."""
         if not _FOLLOWER_ID.fullmatch(value):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "follower_id: 1-64 letters, digits, '.', '_' or '-'",
             )
+        if self.peers is not None:
+            names = self.peers.names(context.peer())
+            if names is None or value not in names:
+                self.on_impostor(value, names or frozenset())
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"follower_id {value} is not a name of your certificate: set THEMIS_NODE_ID "
+                    "to one of its names",
+                )
         return value
 
     def _require_leading(self, epoch: int, follower: str, context: grpc.ServicerContext) -> None:

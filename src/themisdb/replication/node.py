@@ -13,6 +13,7 @@ import logging
 import queue
 import shutil
 import socket
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -23,7 +24,7 @@ from typing import Any
 import grpc
 
 from themisdb.errors import ConfigError, Conflict
-from themisdb.replication._tls import Material, Refusal, TlsFront
+from themisdb.replication._tls import Material, PeerBook, Refusal, TlsFront, certificate_names
 from themisdb.replication.follower import Follower, FollowerHooks, FollowerStatus, target
 from themisdb.replication.leader import Registry, WalService
 from themisdb.replication.v1 import wal_pb2_grpc
@@ -67,11 +68,20 @@ class ReplicationNode:
         self.registry = registry
         # Read and checked before anything listens: a misconfigured mTLS refuses the start.
         self.material = Material.load(settings) if settings.wal_grpc_enable_mtls else None
+        if self.material is not None:
+            # A follower's id is checked against its certificate at the leader: say it now.
+            names = certificate_names(self.material.certificate)
+            if self.node_id not in names:
+                raise ConfigError(
+                    f"THEMIS_NODE_ID={self.node_id} is not a name of THEMIS_WAL_GRPC_CERT_PATH "
+                    f"({', '.join(sorted(names))}): set THEMIS_NODE_ID to one of them"
+                )
         if self.role == "follower":  # before anything else at startup could write
             storage.refuse_writes(READ_ONLY)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._runtime = Path(storage.data_dir) / ".replication"
+        self._runtime: Path | None = None  # the gRPC socket and the front's peer sockets
+        self.peers: PeerBook | None = None
         self._server: grpc.Server | None = None
         self._front: TlsFront | None = None
         self.follower: Follower | None = None
@@ -95,6 +105,7 @@ class ReplicationNode:
             on_event=lambda action, outcome, resource: self.hooks.event(
                 "administrative", action, outcome, resource, None
             ),
+            on_impostor=self._impostor,
             stopping=self._stopping,
         )
         server = grpc.server(
@@ -105,8 +116,10 @@ class ReplicationNode:
         wal_pb2_grpc.add_WalServicer_to_server(service, server)  # type: ignore[no-untyped-call]
         if self.material is not None:
             assert listener is not None
-            shutil.rmtree(self._runtime, ignore_errors=True)
-            self._runtime.mkdir(mode=0o700)
+            # A short private directory (mkdtemp: mode 0700): unix socket paths are limited to
+            # 108 bytes, which a deep THEMIS_DATA_DIR would exceed.
+            self._runtime = Path(tempfile.mkdtemp(prefix="themis-wal-"))
+            service.peers = self.peers = PeerBook(self._runtime)
             path = str(self._runtime / "grpc.sock")
             server.add_insecure_port(f"unix:{path}")
             self._front = TlsFront(
@@ -117,6 +130,7 @@ class ReplicationNode:
                 path,
                 allowed=self.settings.allowed_peers,
                 on_refused=self._refused,
+                book=self.peers,
             )
         else:
             address = target(self.settings.wal_grpc_host, self.settings.wal_grpc_port)
@@ -161,7 +175,8 @@ class ReplicationNode:
         if self._auditor.is_alive():
             self._refusals.put(None)
             self._auditor.join(5)
-        shutil.rmtree(self._runtime, ignore_errors=True)
+        if self._runtime is not None:
+            shutil.rmtree(self._runtime, ignore_errors=True)
 
     # --- failover -------------------------------------------------------------------------------
 
@@ -214,9 +229,9 @@ class ReplicationNode:
 
     def _refused(self, refusal: Refusal) -> None:
         event = (
-            "replication_peer_refused"
-            if refusal.event == "peer_not_allowed"
-            else "replication_handshake_failure"
+            "replication_handshake_failure"
+            if refusal.event in ("handshake_failure", "too_many_connections")
+            else "replication_peer_refused"
         )
         self.hooks.security(event)
         try:  # audited off the TLS front's event loop (the audit log may fsync)
@@ -226,6 +241,16 @@ class ReplicationNode:
                 self._suppressed += 1  # a flood: counted, summarised by the writer
         _log.warning(
             "replication: refused %s: %s (%s)", refusal.peer, refusal.event, refusal.detail
+        )
+
+    def _impostor(self, follower: str, names: frozenset[str]) -> None:
+        """A peer asked as a follower id its certificate does not name."""
+        self._refused(
+            Refusal(
+                "follower_id_refused",
+                ", ".join(sorted(names)) or "?",
+                f"follower_id {follower} is not a name of the peer's certificate",
+            )
         )
 
     def _audit_refusals(self) -> None:
